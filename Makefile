@@ -1,0 +1,69 @@
+# tandem: the README's two commands (`make demo`, `make test`) and a few more.
+# CMake does the building; this file installs what is missing, configures and drives it.
+#
+#   make            build the library, tests, examples and benchmarks (build/)
+#   make demo       build, then run the demonstration
+#   make test       build, then run every test through CTest
+#   make bench      build, then run the benchmarks against peers
+#   make test-asan  the whole test suite under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make test-tsan  the whole test suite under ThreadSanitizer
+#   make install    install into PREFIX (default /usr/local; DESTDIR is honoured)
+#   make format     apply .clang-format;  make format-check: fail if it would change anything
+#
+# Variables: BUILD (build directory), SANITIZE, WERROR=1, PREFIX, JOBS.
+
+BUILD ?= build
+SANITIZE ?=
+WERROR ?= $(TDM_WERROR)
+PREFIX ?= /usr/local
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_ARGS ?=
+
+ifeq ($(WERROR),1)
+  CMAKE_ARGS += -DTDM_WERROR=ON
+endif
+
+SOURCES := $(shell git ls-files '*.c' '*.h' 2>/dev/null)
+
+.PHONY: all build configure demo test bench install test-asan test-tsan format format-check clean
+
+all: build
+
+configure:
+	@scripts/ensure-deps $(DEPS_GOAL)
+	@cmake -S . -B $(BUILD) -DTDM_SANITIZE="$(SANITIZE)" -DCMAKE_INSTALL_PREFIX="$(PREFIX)" $(CMAKE_ARGS) >/dev/null
+
+build: configure
+	@cmake --build $(BUILD) -j $(JOBS)
+
+demo: DEPS_GOAL = demo
+demo: build
+	@$(BUILD)/examples/run-examples
+
+test: DEPS_GOAL = test
+test: build
+	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+bench: DEPS_GOAL = bench
+bench: build
+	@$(BUILD)/bench/tandem-bench
+
+install: build
+	@cmake --install $(BUILD)
+
+test-asan:
+	@$(MAKE) --no-print-directory test BUILD=build-asan SANITIZE=address,undefined
+
+test-tsan:
+	@$(MAKE) --no-print-directory test BUILD=build-tsan SANITIZE=thread
+
+format:
+	@scripts/ensure-deps format
+	@clang-format -i $(SOURCES)
+
+format-check:
+	@scripts/ensure-deps format
+	@clang-format --dry-run --Werror $(SOURCES)
+
+clean:
+	@rm -rf build build-asan build-tsan

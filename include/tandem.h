@@ -1,0 +1,20 @@
+/*
+ * tandem.h: the whole public API of tandem, Python's threading, multiprocessing and
+ * concurrent.futures in C. Include this header; link with -ltandem (pkg-config tandem, or
+ * find_package(tandem) and the target tandem::tandem).
+ *
+ * Modules: base (version, CPU count, allocator), error, clock (timeouts and deadlines),
+ * thread (threads, thread-local storage, timers), sync (locks, conditions, semaphores, events,
+ * barriers, between threads and between processes), gil (a CPython-style GIL).
+ */
+#ifndef TANDEM_H
+#define TANDEM_H
+
+#include "tandem/base.h"
+#include "tandem/error.h"
+#include "tandem/clock.h"
+#include "tandem/thread.h"
+#include "tandem/sync.h"
+#include "tandem/gil.h"
+
+#endif /* TANDEM_H */

@@ -1,0 +1,59 @@
+/*
+ * tandem/error.h: one error convention for the whole library.
+ *
+ * A call that can fail returns an int: 0 on success, or a negative code. Codes that the C
+ * library already names are negative errno values (-ETIMEDOUT, -EINVAL, -EOWNERDEAD, ...);
+ * conditions of tandem's own have codes in the reserved range -1000 to -1999, listed once in
+ * TDM_ERROR_MAP below, which also generates tdm_strerror() and tdm_err_name(). On failure a
+ * call leaves its outputs untouched and has taken nothing.
+ *
+ * Misuse (releasing a lock the caller does not hold, destroying a held lock, using an object
+ * that was never initialised) is a bug, not a result: tandem prints a message naming the call
+ * and aborts.
+ *
+ * Nothing here has state; everything is safe in any thread and after fork().
+ */
+#ifndef TANDEM_ERROR_H
+#define TANDEM_ERROR_H
+
+#include <errno.h>
+
+#include "tandem/base.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* X(name, value, message): every tandem-specific code, in one table. */
+#define TDM_ERROR_MAP(X)                                                     \
+  X(EBROKEN, -1001,                                                          \
+    "barrier is broken (a party timed out, it was aborted or reset, or its " \
+    "action failed)")                                                        \
+  X(EOVERRELEASE, -1002, "bounded semaphore released more times than it was acquired")
+
+enum tdm_error {
+#define TDM_ERROR_ENUM_(name, value, message) TDM_##name = (value),
+  TDM_ERROR_MAP(TDM_ERROR_ENUM_)
+#undef TDM_ERROR_ENUM_
+      TDM_ERROR_MIN_ = -1999,
+  TDM_ERROR_MAX_ = -1000
+};
+
+/*
+ * Returns a message for a code returned by tandem: a tandem-specific code, or a negative errno
+ * value (also a positive errno value, for convenience). Unknown codes give "unknown error".
+ * The string is static and must not be freed; thread-safe.
+ */
+TDM_API const char *tdm_strerror(int err);
+
+/*
+ * Returns the symbolic name of a code: "TDM_EBROKEN", "ETIMEDOUT", ... ("UNKNOWN" when the code
+ * is not known). Static string; thread-safe.
+ */
+TDM_API const char *tdm_err_name(int err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TANDEM_ERROR_H */

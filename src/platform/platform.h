@@ -1,0 +1,112 @@
+/*
+ * platform.h: the porting contract. Every operating-system primitive tandem needs beyond
+ * ISO C and POSIX threads is declared here, with its contract; src/platform/linux/ implements
+ * it. Nothing outside src/platform/ calls futex(2), get_robust_list(2), gettid(2) or prctl(2).
+ * Features are tested by the build (config.h: HAVE_...), not by operating-system names.
+ */
+#ifndef TDM_PLATFORM_H
+#define TDM_PLATFORM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+
+/* ---- Futexes ---------------------------------------------------------------------------------
+ *
+ * A futex is a 32-bit aligned word. `shared` selects a futex that works between processes
+ * mapping the same memory (keyed by the physical page) instead of a private one (keyed by
+ * address, faster, one process only). Both sides of a futex must agree on `shared`.
+ */
+
+/* No deadline: tdm__futex_wait() waits until woken. */
+#define TDM__NEVER INT64_MAX
+
+/*
+ * If *word == expected, sleeps until woken by tdm__futex_wake() or until the absolute
+ * CLOCK_MONOTONIC `deadline` (ns; TDM__NEVER for none). Returns -ETIMEDOUT when the deadline
+ * has passed, 0 otherwise: woken, *word != expected on entry, interrupted by a signal, or a
+ * spurious wake-up. Callers re-check their condition and call again; the deadline is absolute,
+ * so re-waiting never extends the wait.
+ */
+int tdm__futex_wait(uint32_t *word, uint32_t expected, int64_t deadline, bool shared);
+
+/* Wakes up to n threads sleeping on `word` (INT32_MAX: all). Returns how many were woken. */
+int tdm__futex_wake(uint32_t *word, int n, bool shared);
+
+/* Futex word bits of the kernel's robust-futex protocol (linux/futex.h). */
+#define TDM__FUTEX_WAITERS    0x80000000u
+#define TDM__FUTEX_OWNER_DIED 0x40000000u
+#define TDM__FUTEX_TID_MASK   0x3fffffffu
+
+/* ---- Robust lists ----------------------------------------------------------------------------
+ *
+ * The kernel keeps, per thread, a pointer to a user-space list of the robust futexes the thread
+ * holds; when the thread ends (exit, exec, kill) it walks the list and, for each futex word
+ * still holding the thread's id, sets TDM__FUTEX_OWNER_DIED and wakes a waiter. A thread has
+ * one list and the C library owns it (glibc uses it for robust pthread mutexes), so tandem
+ * links its own lock nodes into the C library's list, in the C library's node format:
+ *
+ *   node (the "entry") = address of a 64-bit `next` slot; the 64-bit `prev` slot sits just
+ *   before it; the futex word sits TDM__ROBUST_FUTEX_OFFSET bytes from the entry.
+ *
+ * A robust node is owned by the thread that holds the lock; only that thread (and the kernel,
+ * after it died) touches it. Not async-signal-safe, like pthread_mutex_lock.
+ */
+#define TDM__ROBUST_FUTEX_OFFSET (-32)
+
+/*
+ * Returns true when the calling thread can link robust nodes: the build found the node format
+ * (HAVE_ROBUST_LIST_CHAIN) and the thread's registered list uses TDM__ROBUST_FUTEX_OFFSET.
+ * Cached per thread.
+ */
+bool tdm__robust_usable(void);
+
+/*
+ * Marks `entry` as the lock operation in progress (the kernel's list_op_pending), so that a
+ * death between taking or releasing the futex word and linking or unlinking the node is still
+ * handled; NULL clears it. Requires tdm__robust_usable().
+ */
+void tdm__robust_pending(uint64_t *entry);
+
+/* Links `entry` at the head of the calling thread's robust list. */
+void tdm__robust_link(uint64_t *entry);
+
+/* Unlinks `entry`, which the calling thread linked, from its robust list. */
+void tdm__robust_unlink(uint64_t *entry);
+
+/* ---- Threads -------------------------------------------------------------------------------- */
+
+/*
+ * Returns the calling thread's kernel id (gettid), cached per thread and refreshed in the child
+ * after fork() through pthread_atfork (a child made by a raw clone() that neither execs nor runs
+ * fork handlers would see its parent's id).
+ */
+int32_t tdm__tid(void);
+
+/* Returns true when the calling thread is its process's main thread (tid == pid). */
+bool tdm__is_main_thread(void);
+
+/*
+ * Sets the calling thread's OS-visible name to `name`, truncated to the kernel's limit
+ * (15 bytes) without splitting a UTF-8 character. Best effort: errors are ignored.
+ */
+void tdm__set_os_thread_name(const char *name);
+
+/* A pause instruction for spin loops. */
+static inline void tdm__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield" ::: "memory");
+#else
+  __asm__ __volatile__("" ::: "memory");
+#endif
+}
+
+/* ---- CPUs ----------------------------------------------------------------------------------- */
+
+/* Returns the number of CPUs in the calling thread's affinity mask (>= 1). */
+int tdm__affinity_cpus(void);
+
+#endif /* TDM_PLATFORM_H */

@@ -1,0 +1,124 @@
+/*
+ * cond.c: Condition.
+ *
+ * A condition is a sequence word and a count of waiters. A waiter registers itself and reads
+ * the sequence while it still holds the lock, releases the lock, and sleeps on the word for as
+ * long as the sequence is unchanged. notify() bumps the sequence and wakes n sleepers. Nothing
+ * is lost between the waiter's release and its sleep: the futex compares the word first, so a
+ * notify in that gap makes the sleep return at once. The waiter count lets notify() skip the
+ * system call (and the sequence bump) when nobody waits; since both sides run with the lock held,
+ * notify() sees every waiter that registered before it.
+ *
+ * There is no lock inside the condition, so a process killed while waiting leaves at most a
+ * waiter count one too high (notify then makes a system call it did not need).
+ *
+ * A waiter that was between its release and its sleep when a notify(n) came is released by the
+ * bumped sequence, and the wake still releases n sleepers: n + 1 waiters may return. Python's
+ * Condition would release exactly n; the difference is documented in tandem/sync.h and is why
+ * tdm_cond_wait_for() exists.
+ */
+#include <limits.h>
+#include <string.h>
+
+#include "sync/sync.h"
+
+_Static_assert(sizeof(tdm_cond) == 32, "tdm_cond layout");
+
+int tdm_cond_init(tdm_cond *c, int flags) {
+  if ((flags & ~TDM_SYNC_SHARED) != 0) return -EINVAL;
+  memset(c, 0, sizeof *c);
+  tdm__stamp(&c->magic_, &c->version_, &c->flags_, TDM__COND_MAGIC, flags);
+  return 0;
+}
+
+void tdm_cond_fini(tdm_cond *c) {
+  TDM__CHECK(c, TDM__COND_MAGIC, "tdm_cond_fini");
+  __atomic_store_n(&c->magic_, 0, __ATOMIC_RELAXED);
+}
+
+int tdm__cond_wait_core(tdm_cond *c, tdm_lock *l, int64_t deadline) {
+  bool shared = tdm__is_shared(c->flags_);
+  TDM__REQUIRE(shared == tdm__is_shared(l->flags_),
+               "tdm_cond_wait: condition %p and lock %p must both be private or both shared",
+               (void *)c, (void *)l);
+  __atomic_fetch_add(&c->waiters_, 1, __ATOMIC_SEQ_CST);
+  uint32_t seq = __atomic_load_n(&c->seq_, __ATOMIC_SEQ_CST);
+  tdm__lock_release(l);
+  int r = 0;
+  while (__atomic_load_n(&c->seq_, __ATOMIC_ACQUIRE) == seq) {
+    if (tdm__futex_wait(&c->seq_, seq, deadline, shared) == -ETIMEDOUT) {
+      r = -ETIMEDOUT;
+      break;
+    }
+  }
+  __atomic_fetch_sub(&c->waiters_, 1, __ATOMIC_RELAXED);
+  int a = tdm__lock_acquire(l, TDM_FOREVER);
+  return a == -EOWNERDEAD ? a : r;
+}
+
+int tdm_cond_wait(tdm_cond *c, tdm_lock *l, int64_t timeout) {
+  TDM__CHECK(c, TDM__COND_MAGIC, "tdm_cond_wait");
+  TDM__CHECK(l, TDM__LOCK_MAGIC, "tdm_cond_wait");
+  TDM__REQUIRE(tdm__lock_held(l), "tdm_cond_wait: lock %p is not held by this thread", (void *)l);
+  return tdm__cond_wait_core(c, l, tdm__deadline(timeout));
+}
+
+/* Waits with every level of a recursive lock released, and restores them. */
+static int wait_rlock(tdm_cond *c, tdm_rlock *l, int64_t deadline) {
+  uint32_t levels = l->count_;
+  l->count_ = 0;
+  int r = tdm__cond_wait_core(c, &l->lock_, deadline);
+  l->count_ = levels;
+  return r;
+}
+
+int tdm_cond_wait_rlock(tdm_cond *c, tdm_rlock *l, int64_t timeout) {
+  TDM__CHECK(c, TDM__COND_MAGIC, "tdm_cond_wait_rlock");
+  TDM__CHECK(&l->lock_, TDM__RLOCK_MAGIC, "tdm_cond_wait_rlock");
+  TDM__REQUIRE(tdm__lock_held(&l->lock_),
+               "tdm_cond_wait_rlock: recursive lock %p is not held by this thread", (void *)l);
+  return wait_rlock(c, l, tdm__deadline(timeout));
+}
+
+int tdm_cond_wait_for(tdm_cond *c, tdm_lock *l, tdm_predicate pred, void *arg, int64_t timeout) {
+  TDM__CHECK(c, TDM__COND_MAGIC, "tdm_cond_wait_for");
+  TDM__CHECK(l, TDM__LOCK_MAGIC, "tdm_cond_wait_for");
+  TDM__REQUIRE(tdm__lock_held(l), "tdm_cond_wait_for: lock %p is not held by this thread",
+               (void *)l);
+  int64_t deadline = tdm__deadline(timeout);
+  while (!pred(arg)) {
+    if (deadline != TDM__NEVER && tdm_clock_now() >= deadline) return -ETIMEDOUT;
+    if (tdm__cond_wait_core(c, l, deadline) == -EOWNERDEAD) return -EOWNERDEAD;
+  }
+  return 0;
+}
+
+int tdm_cond_wait_for_rlock(tdm_cond *c, tdm_rlock *l, tdm_predicate pred, void *arg,
+                            int64_t timeout) {
+  TDM__CHECK(c, TDM__COND_MAGIC, "tdm_cond_wait_for_rlock");
+  TDM__CHECK(&l->lock_, TDM__RLOCK_MAGIC, "tdm_cond_wait_for_rlock");
+  TDM__REQUIRE(tdm__lock_held(&l->lock_),
+               "tdm_cond_wait_for_rlock: recursive lock %p is not held by this thread", (void *)l);
+  int64_t deadline = tdm__deadline(timeout);
+  while (!pred(arg)) {
+    if (deadline != TDM__NEVER && tdm_clock_now() >= deadline) return -ETIMEDOUT;
+    if (wait_rlock(c, l, deadline) == -EOWNERDEAD) return -EOWNERDEAD;
+  }
+  return 0;
+}
+
+static void notify(tdm_cond *c, int n) {
+  if (__atomic_load_n(&c->waiters_, __ATOMIC_SEQ_CST) == 0) return;
+  __atomic_fetch_add(&c->seq_, 1, __ATOMIC_SEQ_CST);
+  tdm__futex_wake(&c->seq_, n, tdm__is_shared(c->flags_));
+}
+
+void tdm_cond_notify(tdm_cond *c, int n) {
+  TDM__CHECK(c, TDM__COND_MAGIC, "tdm_cond_notify");
+  if (n > 0) notify(c, n);
+}
+
+void tdm_cond_notify_all(tdm_cond *c) {
+  TDM__CHECK(c, TDM__COND_MAGIC, "tdm_cond_notify_all");
+  notify(c, INT_MAX);
+}
