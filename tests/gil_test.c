@@ -1,0 +1,236 @@
+/*
+ * gil_test.c: the CPython-style GIL: mutual exclusion, forced switching (every waiter gets its
+ * turn), blocking with the GIL released, and misuse.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "runner.h"
+
+static double scale(void) {
+  const char *s = getenv("TDM_TEST_TIMEOUT_SCALE");
+  return s != NULL && atof(s) > 0 ? atof(s) : 1.0;
+}
+
+#define WAIT_UNTIL(cond)                                                              \
+  do {                                                                                \
+    int64_t until_ = tdm_clock_now() + (int64_t)(TDM_S(20) * scale());                \
+    while (!(cond)) {                                                                 \
+      if (tdm_clock_now() > until_)                                                   \
+        tdm_test_fail(__FILE__, __LINE__, "WAIT_UNTIL(%s) never became true", #cond); \
+      tdm_clock_sleep(TDM_MS(1));                                                     \
+    }                                                                                 \
+  } while (0)
+
+static tdm_thread *spawn(tdm_thread_fn fn, void *arg) {
+  tdm_thread *t;
+  CHECK_OK(tdm_thread_start(&t, fn, arg, NULL));
+  return t;
+}
+
+TEST(gil_basic) {
+  tdm_gil g;
+  CHECK_ERR(tdm_gil_init(&g, -1), -EINVAL);
+  CHECK_OK(tdm_gil_init(&g, 0));
+  CHECK(!tdm_gil_held(&g));
+  tdm_gil_acquire(&g);
+  CHECK(tdm_gil_held(&g));
+  tdm_gil_checkpoint(&g); /* nobody asked: keeps it */
+  CHECK(tdm_gil_held(&g));
+  tdm_gil_release(&g);
+  CHECK(!tdm_gil_held(&g));
+  CHECK_EQ(tdm_gil_switches(&g), 1);
+  CHECK_EQ(tdm_gil_forced_switches(&g), 0);
+  tdm_gil_fini(&g);
+}
+
+struct counted {
+  tdm_gil *gil;
+  long counter; /* plain: the GIL is the only protection */
+  int inside;
+  long per_thread;
+};
+
+static void count_with_checkpoints(void *arg) {
+  struct counted *c = arg;
+  tdm_gil_acquire(c->gil);
+  for (long i = 0; i < c->per_thread; i++) {
+    CHECK(c->inside == 0);
+    c->inside = 1;
+    c->counter++;
+    c->inside = 0;
+    tdm_gil_checkpoint(c->gil);
+  }
+  tdm_gil_release(c->gil);
+}
+
+TEST(gil_excludes_and_switches) {
+  tdm_gil g;
+  CHECK_OK(tdm_gil_init(&g, TDM_US(200)));
+  struct counted c = { &g, 0, 0, 300000 };
+  tdm_thread *t[4];
+  for (int i = 0; i < 4; i++)
+    t[i] = spawn(count_with_checkpoints, &c);
+  for (int i = 0; i < 4; i++)
+    CHECK_OK(tdm_thread_join(t[i], TDM_FOREVER));
+  CHECK_EQ(c.counter, 4 * 300000);
+  CHECK(tdm_gil_switches(&g) >= 4);
+  tdm_gil_fini(&g);
+}
+
+struct spinner {
+  tdm_gil *gil;
+  int *stop;
+  long turns; /* how many separate holds this thread got */
+  long work;
+};
+
+static void spin_under_gil(void *arg) {
+  struct spinner *s = arg;
+  tdm_gil_acquire(s->gil);
+  uint64_t last = tdm_gil_switches(s->gil);
+  while (!__atomic_load_n(s->stop, __ATOMIC_SEQ_CST)) {
+    s->work++;
+    tdm_gil_checkpoint(s->gil);
+    uint64_t now = tdm_gil_switches(s->gil);
+    if (now != last) __atomic_fetch_add(&s->turns, 1, __ATOMIC_RELAXED);
+    last = now;
+  }
+  tdm_gil_release(s->gil);
+}
+
+TEST(gil_forced_switching_gives_every_thread_turns) {
+  tdm_gil g;
+  CHECK_OK(tdm_gil_init(&g, TDM_MS(1)));
+  int stop = 0;
+  struct spinner s[3];
+  tdm_thread *t[3];
+  for (int i = 0; i < 3; i++) {
+    s[i] = (struct spinner){ &g, &stop, 0, 0 };
+    t[i] = spawn(spin_under_gil, &s[i]);
+  }
+  /* Without forced switching one spinner could keep the GIL for ever. */
+  WAIT_UNTIL(__atomic_load_n(&s[0].turns, __ATOMIC_RELAXED) >= 3 &&
+             __atomic_load_n(&s[1].turns, __ATOMIC_RELAXED) >= 3 &&
+             __atomic_load_n(&s[2].turns, __ATOMIC_RELAXED) >= 3);
+  __atomic_store_n(&stop, 1, __ATOMIC_SEQ_CST);
+  for (int i = 0; i < 3; i++)
+    CHECK_OK(tdm_thread_join(t[i], TDM_FOREVER));
+  CHECK(tdm_gil_forced_switches(&g) > 0);
+  tdm_gil_fini(&g);
+}
+
+struct sleeper {
+  tdm_gil *gil;
+  int phase;      /* 1: about to sleep, 2: back from sleep */
+  int seen_phase; /* what the other thread saw while it held the GIL */
+  int32_t waiter_tid;
+  int waiter_ready;
+};
+
+static int32_t gettid_(void) {
+  return (int32_t)syscall(SYS_gettid);
+}
+
+static bool asleep(int32_t tid) {
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return false;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  char *p = strrchr(buf, ')');
+  return p != NULL && p[2] == 'S';
+}
+
+static void gil_waiter(void *arg) {
+  struct sleeper *s = arg;
+  __atomic_store_n(&s->waiter_tid, gettid_(), __ATOMIC_SEQ_CST);
+  __atomic_store_n(&s->waiter_ready, 1, __ATOMIC_SEQ_CST);
+  tdm_gil_acquire(s->gil);
+  s->seen_phase = __atomic_load_n(&s->phase, __ATOMIC_SEQ_CST);
+  tdm_gil_release(s->gil);
+}
+
+TEST(gil_sleep_releases_the_gil) {
+  tdm_gil g;
+  CHECK_OK(tdm_gil_init(&g, 0));
+  struct sleeper s = { &g, 0, 0, 0, 0 };
+  tdm_gil_acquire(&g);
+  tdm_thread *t = spawn(gil_waiter, &s);
+  WAIT_UNTIL(__atomic_load_n(&s.waiter_ready, __ATOMIC_SEQ_CST) &&
+             asleep(__atomic_load_n(&s.waiter_tid, __ATOMIC_SEQ_CST)));
+  __atomic_store_n(&s.phase, 1, __ATOMIC_SEQ_CST);
+  tdm_gil_sleep(&g, TDM_MS(200));
+  __atomic_store_n(&s.phase, 2, __ATOMIC_SEQ_CST);
+  CHECK(tdm_gil_held(&g));
+  tdm_gil_release(&g);
+  CHECK_OK(tdm_thread_join(t, TDM_FOREVER));
+  /* The waiter held the GIL while this thread was inside tdm_gil_sleep(). */
+  CHECK_EQ(s.seen_phase, 1);
+  tdm_gil_fini(&g);
+}
+
+struct mixed {
+  tdm_gil *gil;
+  long counter;
+};
+
+static void mixed_worker(void *arg) {
+  struct mixed *m = arg;
+  tdm_gil_acquire(m->gil);
+  for (int round = 0; round < 20; round++) {
+    for (int i = 0; i < 20000; i++) {
+      m->counter++;
+      tdm_gil_checkpoint(m->gil);
+    }
+    tdm_gil_sleep(m->gil, TDM_US(100));
+  }
+  tdm_gil_release(m->gil);
+}
+
+TEST(gil_stress_compute_and_sleep) {
+  tdm_gil g;
+  CHECK_OK(tdm_gil_init(&g, TDM_US(100)));
+  struct mixed m = { &g, 0 };
+  tdm_thread *t[8];
+  for (int i = 0; i < 8; i++)
+    t[i] = spawn(mixed_worker, &m);
+  for (int i = 0; i < 8; i++)
+    CHECK_OK(tdm_thread_join(t[i], TDM_FOREVER));
+  CHECK_EQ(m.counter, 8L * 20 * 20000);
+  tdm_gil_fini(&g);
+}
+
+static void release_unheld(void *arg) {
+  (void)arg;
+  static tdm_gil g;
+  CHECK_OK(tdm_gil_init(&g, 0));
+  tdm_gil_release(&g);
+}
+
+static void acquire_twice(void *arg) {
+  (void)arg;
+  static tdm_gil g;
+  CHECK_OK(tdm_gil_init(&g, 0));
+  tdm_gil_acquire(&g);
+  tdm_gil_acquire(&g);
+}
+
+static void fini_held(void *arg) {
+  (void)arg;
+  static tdm_gil g;
+  CHECK_OK(tdm_gil_init(&g, 0));
+  tdm_gil_acquire(&g);
+  tdm_gil_fini(&g);
+}
+
+TEST(gil_misuse_aborts) {
+  EXPECT_ABORT(release_unheld, NULL, "tdm_gil_release: GIL");
+  EXPECT_ABORT(acquire_twice, NULL, "already holds GIL");
+  EXPECT_ABORT(fini_held, NULL, "tdm_gil_fini: GIL");
+}
