@@ -35,6 +35,7 @@ TEST(gil_basic) {
   tdm_gil g;
   CHECK_ERR(tdm_gil_init(&g, -1), -EINVAL);
   CHECK_OK(tdm_gil_init(&g, 0));
+  CHECK_EQ(tdm_gil_interval(&g), TDM_GIL_DEFAULT_INTERVAL);
   CHECK(!tdm_gil_held(&g));
   tdm_gil_acquire(&g);
   CHECK(tdm_gil_held(&g));

@@ -381,8 +381,20 @@ static void detach_main(void *arg) {
   tdm_thread_detach(tdm_thread_main());
 }
 
+static int count_inside(tdm_thread *t, void *arg) {
+  (void)t;
+  (void)arg;
+  return (int)tdm_thread_count();
+}
+
+static void registry_from_foreach(void *arg) {
+  (void)arg;
+  tdm_thread_foreach(count_inside, NULL);
+}
+
 TEST(thread_misuse_aborts) {
   EXPECT_ABORT(detach_main, NULL, "is not a handle returned by tdm_thread_start");
+  EXPECT_ABORT(registry_from_foreach, NULL, "a tdm_thread_foreach() callback called");
   EXPECT_ABORT(detach_twice, NULL, "was already joined or detached");
 }
 
@@ -503,7 +515,7 @@ TEST(timer_cancel_before_it_fires) {
   CHECK_OK(tdm_timer_cancel(t));
   CHECK_OK(tdm_timer_cancel(t));
   CHECK(!tdm_timer_fired(t));
-  CHECK_OK(tdm_timer_join(t, TDM_S(20))); /* ends at once, not after a minute */
+  CHECK_ERR(tdm_timer_join(t, TDM_S(20)), -ECANCELED); /* ends at once, not after a minute */
   CHECK_EQ(fired, 0);
 }
 

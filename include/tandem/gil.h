@@ -73,8 +73,15 @@ TDM_API void tdm_gil_release(tdm_gil *g);
  */
 TDM_API void tdm_gil_checkpoint(tdm_gil *g);
 
-/* Sleeps for `duration` ns with the GIL released, then takes it back, as time.sleep() does. */
+/*
+ * Sleeps for `duration` ns with the GIL released, then takes it back, as time.sleep() does.
+ * A negative duration sleeps 0 ns (the GIL is still released and taken back). The caller must
+ * hold the GIL.
+ */
 TDM_API void tdm_gil_sleep(tdm_gil *g, int64_t duration);
+
+/* Returns the switch interval, in ns. */
+TDM_API int64_t tdm_gil_interval(const tdm_gil *g);
 
 /* Returns true when the calling thread holds the GIL. */
 TDM_API bool tdm_gil_held(tdm_gil *g);

@@ -93,7 +93,9 @@ TDM_API size_t tdm_thread_count(void);
 /*
  * Calls cb(t, arg) for each live thread (Python's enumerate()), stopping early when cb returns
  * non-zero, and returns that value (0 when every call returned 0). The handles are valid during
- * the call. cb runs with the thread registry locked: it must not start, join or detach threads.
+ * the call. cb runs with the thread registry locked: it may read the handle it is given, but a
+ * call that needs the registry (start, join, detach, count, foreach, or the first
+ * tdm_thread_self() of a thread that tandem did not start) aborts with a message.
  */
 TDM_API int tdm_thread_foreach(int (*cb)(tdm_thread *t, void *arg), void *arg);
 
@@ -142,15 +144,17 @@ TDM_API int tdm_timer_start(tdm_timer **out, int64_t delay, tdm_thread_fn fn, vo
 TDM_API int tdm_timer_cancel(tdm_timer *t);
 
 /*
- * Waits at most `timeout` for the timer's thread to end (fn returned, or the timer was
- * cancelled). Returns 0 and frees the timer, or -ETIMEDOUT and keeps it.
+ * Waits at most `timeout` for the timer's thread to end. Returns 0 when fn ran (and returned),
+ * -ECANCELED when the timer was cancelled before fn started; in both cases the timer is freed.
+ * Returns -ETIMEDOUT when the thread still runs (fn is running, or the delay has not passed):
+ * the timer stays the caller's.
  */
 TDM_API int tdm_timer_join(tdm_timer *t, int64_t timeout);
 
 /* Gives up the timer handle; it still fires unless it was cancelled. */
 TDM_API void tdm_timer_detach(tdm_timer *t);
 
-/* Returns true when fn has run to completion. */
+/* Returns true when fn has run to completion (a snapshot; tdm_timer_join() gives the outcome). */
 TDM_API bool tdm_timer_fired(const tdm_timer *t);
 
 #ifdef __cplusplus

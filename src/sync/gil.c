@@ -109,6 +109,11 @@ void tdm_gil_sleep(tdm_gil *g, int64_t duration) {
   tdm_gil_acquire(g);
 }
 
+int64_t tdm_gil_interval(const tdm_gil *g) {
+  TDM__CHECK(g, TDM__GIL_MAGIC, "tdm_gil_interval");
+  return g->interval_;
+}
+
 bool tdm_gil_held(tdm_gil *g) {
   TDM__CHECK(g, TDM__GIL_MAGIC, "tdm_gil_held");
   return __atomic_load_n(&g->holder_, __ATOMIC_RELAXED) == tdm__tid();

@@ -84,8 +84,12 @@ static void unlink_locked(tdm_thread *t) {
   registry.count--;
 }
 
+/* Taking the registry again from a tdm_thread_foreach() callback would deadlock; say so. */
 static void registry_lock(void) {
-  tdm__lock_acquire(&registry.lock, TDM_FOREVER);
+  TDM__REQUIRE(tdm__lock_acquire(&registry.lock, TDM_FOREVER) == 0,
+               "tdm_thread: a tdm_thread_foreach() callback called a function that needs the "
+               "thread registry (start, join, detach, count, foreach, or a first tdm_thread_self() "
+               "in a foreign thread)");
 }
 
 static void registry_unlock(void) {

@@ -91,7 +91,9 @@ int tdm_timer_cancel(tdm_timer *t) {
 
 int tdm_timer_join(tdm_timer *t, int64_t timeout) {
   int r = tdm_thread_join(t->thread, timeout);
-  if (r == 0) unref(t);
+  if (r != 0) return r;
+  r = __atomic_load_n(&t->state, __ATOMIC_ACQUIRE) == FIRED ? 0 : -ECANCELED;
+  unref(t);
   return r;
 }
 
