@@ -1,0 +1,32 @@
+#!/bin/sh
+# install-consumer.sh BUILD_DIR SOURCE_DIR
+# Installs tandem into a temporary prefix, then builds and runs a tiny consumer program against
+# it four ways: CMake find_package (shared and static targets) and pkg-config (shared, static).
+set -eu
+build=$1
+src=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+prefix=$tmp/prefix
+cmake --install "$build" --prefix "$prefix" >/dev/null
+libdir=$(ls -d "$prefix"/lib*/pkgconfig | head -n 1)
+libdir=${libdir%/pkgconfig}
+
+for target in tandem::tandem tandem::tandem_static; do
+  dir=$tmp/cmake-$(echo "$target" | tr ':' '_')
+  cmake -S "$src/tests/consumer" -B "$dir" -DCMAKE_PREFIX_PATH="$prefix" -DTANDEM_TARGET="$target" >/dev/null
+  cmake --build "$dir" >/dev/null
+  "$dir/consumer"
+done
+
+export PKG_CONFIG_PATH="$libdir/pkgconfig"
+cc -o "$tmp/pc-shared" "$src/tests/consumer/main.c" $(pkg-config --cflags --libs tandem) -Wl,-rpath,"$libdir"
+"$tmp/pc-shared"
+cc -o "$tmp/pc-static" "$src/tests/consumer/main.c" $(pkg-config --cflags tandem) \
+  "$libdir/libtandem.a" $(pkg-config --libs-only-other --static tandem)
+"$tmp/pc-static"
+if ldd "$tmp/pc-static" | grep -q libtandem; then
+  echo "the static consumer is linked against the shared library" >&2
+  exit 1
+fi
+echo "ok: find_package(tandem) and pkg-config tandem, shared and static"
