@@ -30,7 +30,7 @@ SOURCES := $(shell git ls-files '*.c' '*.h' 2>/dev/null)
 all: build
 
 configure:
-	@scripts/ensure-deps $(DEPS_GOAL)
+	@scripts/ensure-deps "$(DEPS_GOAL)" "$(SANITIZE)"
 	@cmake -S . -B $(BUILD) -DTDM_SANITIZE="$(SANITIZE)" -DCMAKE_INSTALL_PREFIX="$(PREFIX)" $(CMAKE_ARGS) >/dev/null
 
 build: configure
