@@ -493,7 +493,7 @@ TEST_T(lock_survives_kills_at_random_points, 120) {
   struct shared *s = shared_new();
   uint64_t seed = 42;
   int owner_died = 0;
-  for (int round = 0; round < 60; round++) {
+  for (int round = 0; round < 200; round++) {
     pid_t a = tdm_test_fork(hammer_forever, s);
     pid_t b = tdm_test_fork(hammer_forever, s);
     long before = s->counter;
@@ -520,7 +520,7 @@ TEST_T(lock_survives_kills_at_random_points, 120) {
   for (int i = 0; i < 2; i++)
     tdm_test_wait_ok(p[i]);
   CHECK_EQ(s->counter, start + 2 * 20000);
-  printf("owner died inside the lock in %d of 60 rounds\n", owner_died);
+  printf("owner died inside the lock in %d of 200 rounds\n", owner_died);
 }
 
 static void release_unheld(void *arg) {
