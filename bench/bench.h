@@ -1,0 +1,137 @@
+/*
+ * bench.h: the benchmark harness shared by every suite of tandem-bench.
+ *
+ * A suite (sync_bench.c today; queues and pools later) describes each workload as a key, a
+ * unit and a list of implementations: tandem's first, then its peers. Each implementation is a
+ * function that performs one timed run of a given number of operations and reports nanoseconds
+ * per operation. The harness selects workloads (--filter), warms every implementation up once,
+ * repeats the runs round-robin across implementations (so that a drift of the machine's speed
+ * hits them all alike), keeps the median, runs the CPython peer scripts in bench/peers/ and
+ * prints the table or the JSON.
+ *
+ * Helpers for the workloads themselves are here too: memory that forked children share, a
+ * "party" that is either a thread or a child process, and a start gate.
+ */
+#ifndef TDM_BENCH_H
+#define TDM_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "tandem.h"
+
+/* ---- Workloads ------------------------------------------------------------------------------ */
+
+/*
+ * One timed run of `iters` operations of an implementation. On success stores the time per
+ * operation in *ns_per_op and returns 0. Returns a negative errno when the run failed (-ENOTSUP:
+ * the implementation is not available here, which is reported as skipped, not as a failure).
+ * `arg` is the implementation's own argument.
+ */
+typedef int (*bench_run_fn)(const void *arg, int64_t iters, double *ns_per_op);
+
+typedef struct bench_impl {
+  const char *name; /* shown in the table: "tdm_lock", "pthread_mutex pshared+robust" */
+  bench_run_fn run;
+  const void *arg;
+} bench_impl;
+
+#define BENCH_MAX_IMPLS 6
+#define BENCH_KEY_MAX   64
+
+typedef struct bench_workload {
+  char key[BENCH_KEY_MAX]; /* "lock/contended/2-procs": what --filter matches */
+  int64_t iters;           /* operations per run (the quick variant uses quick_iters) */
+  int64_t quick_iters;
+  /* A script in bench/peers/ that measures CPython's peers of this workload, or NULL. */
+  const char *peer_script;
+  int n_impls;
+  bench_impl impls[BENCH_MAX_IMPLS]; /* impls[0] is tandem's */
+} bench_workload;
+
+/* ---- The run -------------------------------------------------------------------------------- */
+
+typedef struct bench_options {
+  int runs;           /* timed runs per measurement; the median is reported */
+  bool quick;         /* fewer iterations */
+  bool json;          /* a JSON array instead of the table */
+  bool list;          /* list the selected workload keys, measure nothing */
+  bool no_peers;      /* do not run the CPython peer scripts */
+  bool verbose;       /* print every run's time on stderr */
+  const char *filter; /* run only workloads whose key contains this; NULL: all */
+} bench_options;
+
+typedef struct bench_ctx bench_ctx;
+
+/* Makes a context for one run of the program; NULL when out of memory. */
+bench_ctx *bench_ctx_new(const bench_options *opt);
+
+/* Returns true when the workload `key` is selected by --filter. */
+bool bench_selected(const bench_ctx *ctx, const char *key);
+
+/* Returns true with --quick. */
+bool bench_quick(const bench_ctx *ctx);
+
+/*
+ * Measures every implementation of `w` (when selected) and records the medians. A watchdog
+ * bounds the whole workload: if it hangs, the program kills every child it started, says so on
+ * stderr and exits with status 3.
+ */
+void bench_run(bench_ctx *ctx, const bench_workload *w);
+
+/*
+ * Runs the peer scripts that the measured workloads named, prints the table (or the JSON) and
+ * frees the context. Returns the program's exit status: 0, or 1 when some measurement failed.
+ */
+int bench_finish(bench_ctx *ctx);
+
+/* ---- Helpers for workloads ------------------------------------------------------------------ */
+
+/* Returns zeroed memory in a MAP_SHARED|MAP_ANONYMOUS mapping (kept by forked children). */
+void *bench_shared_alloc(size_t size);
+
+/* Unmaps memory from bench_shared_alloc(). */
+void bench_shared_free(void *p, size_t size);
+
+/* A participant in a workload: a tandem thread or a forked child process. */
+typedef struct bench_party {
+  bool process;
+  pid_t pid;
+  tdm_thread *thread;
+} bench_party;
+
+/*
+ * Starts fn(arg) in a new thread or, with `process`, in a forked child that then exits with
+ * status 0 (the caller's state, with everything in shared memory, is what the child sees).
+ * The process must have one thread when it forks. A child dies with the program (it gets
+ * SIGKILL if the program ends) and is killed by the watchdog. Returns 0 or a negative errno.
+ */
+int bench_party_start(bench_party *p, bool process, void (*fn)(void *), void *arg);
+
+/* Waits for the party to end. Returns 0, or -ECHILD when a child did not exit with status 0. */
+int bench_party_join(bench_party *p);
+
+/*
+ * A start gate in shared memory (zero it to initialise). Parties call bench_gate_arrive(),
+ * which returns once the gate opens; the timing side calls bench_gate_open(n), which waits until
+ * n parties have arrived, opens the gate and returns the time at which it did.
+ */
+typedef struct bench_gate {
+  uint32_t arrived;
+  uint32_t open;
+} bench_gate;
+
+void bench_gate_arrive(bench_gate *g);
+int64_t bench_gate_open(bench_gate *g, uint32_t n);
+
+/* Returns the median of v[0..n-1] (n > 0); v is reordered. */
+double bench_median(double *v, int n);
+
+/* ---- Suites --------------------------------------------------------------------------------- */
+
+/* Locks, conditions, semaphores and events (sync_bench.c). */
+void bench_sync_suite(bench_ctx *ctx);
+
+#endif /* TDM_BENCH_H */
