@@ -29,8 +29,8 @@ static void usage(FILE *f) {
              "  --verbose           also print every run's time on stderr\n"
              "  --help              show this help\n"
              "\n"
-             "The CPython peers run with python3 from PATH (TDM_BENCH_PYTHON overrides);\n"
-             "without it they are reported as skipped.\n");
+             "The CPython peers run with /usr/bin/python3, or else python3 from PATH\n"
+             "(TDM_BENCH_PYTHON overrides); without one they are reported as skipped.\n");
 }
 
 int main(int argc, char **argv) {
