@@ -77,8 +77,9 @@ typedef struct tdm_cond {
   uint16_t version_;
   uint16_t flags_;
   uint32_t seq_;
-  uint32_t waiters_;
-  uint32_t spare_[4];
+  uint32_t waiters_;  /* registered waiters (changed with the user's lock held) */
+  uint32_t sleepers_; /* waiters asleep in the kernel */
+  uint32_t spare_[3];
 } tdm_cond;
 
 /* A counting semaphore, optionally bounded (Python's Semaphore and BoundedSemaphore). 32 bytes. */

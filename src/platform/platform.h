@@ -55,34 +55,90 @@ int tdm__futex_wake(uint32_t *word, int n, bool shared);
  */
 #define TDM__ROBUST_FUTEX_OFFSET (-32)
 
+/* These run on every lock operation, so they are inline, on initial-exec thread-local state. */
+#define TDM__TLS_IE __attribute__((tls_model("initial-exec")))
+
+/* The kernel's struct robust_list_head, seen through plain pointers. */
+struct tdm__robust_head {
+  void *next;
+  long futex_offset;
+  void *pending;
+};
+
+/* The calling thread's head, once looked up and found usable; NULL otherwise. */
+extern __thread struct tdm__robust_head *tdm__robust_head_tls TDM__TLS_IE;
+/* 0: not looked up yet in this thread; 1: usable; -1: not usable. */
+extern __thread int tdm__robust_state_tls TDM__TLS_IE;
+
+/* Looks up the calling thread's robust-list head and records whether it is usable. */
+bool tdm__robust_lookup(void);
+
 /*
  * Returns true when the calling thread can link robust nodes: the build found the node format
  * (HAVE_ROBUST_LIST_CHAIN) and the thread's registered list uses TDM__ROBUST_FUTEX_OFFSET.
  * Cached per thread.
  */
-bool tdm__robust_usable(void);
+static inline bool tdm__robust_usable(void) {
+  int state = tdm__robust_state_tls;
+  return state != 0 ? state > 0 : tdm__robust_lookup();
+}
 
 /*
  * Marks `entry` as the lock operation in progress (the kernel's list_op_pending), so that a
  * death between taking or releasing the futex word and linking or unlinking the node is still
  * handled; NULL clears it. Requires tdm__robust_usable().
  */
-void tdm__robust_pending(uint64_t *entry);
+static inline void tdm__robust_pending(uint64_t *entry) {
+  tdm__robust_head_tls->pending = entry;
+}
 
-/* Links `entry` at the head of the calling thread's robust list. */
-void tdm__robust_link(uint64_t *entry);
+/* The `prev` slot of the node whose entry is `entry` (the head's entry is the head itself). */
+static inline void **tdm__robust_prev_slot(void *entry) {
+  return (void **)((uintptr_t)entry & ~(uintptr_t)1) - 1;
+}
+
+/* Links `entry` at the head of the calling thread's robust list. Requires tdm__robust_usable(). */
+static inline void tdm__robust_link(uint64_t *entry) {
+  struct tdm__robust_head *head = tdm__robust_head_tls;
+  void **e = (void **)entry;
+  void *first = head->next;
+  *tdm__robust_prev_slot(first) = e;
+  e[0] = first;
+  e[-1] = head;
+  /* The node must be complete before the kernel can reach it from the head. */
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
+  head->next = e;
+}
 
 /* Unlinks `entry`, which the calling thread linked, from its robust list. */
-void tdm__robust_unlink(uint64_t *entry);
+static inline void tdm__robust_unlink(uint64_t *entry) {
+  void **e = (void **)entry;
+  void *next = e[0];
+  void *prev = e[-1];
+  *tdm__robust_prev_slot(next) = prev;
+  *(void **)((uintptr_t)prev & ~(uintptr_t)1) = next;
+  /* Out of the list before the node's own slots change: the kernel may walk it at any time. */
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
+  e[-1] = NULL;
+  e[0] = NULL;
+}
 
 /* ---- Threads -------------------------------------------------------------------------------- */
+
+extern __thread int32_t tdm__tid_tls TDM__TLS_IE;
+
+/* Reads the kernel id into the cache (the slow path of tdm__tid). */
+int32_t tdm__tid_lookup(void);
 
 /*
  * Returns the calling thread's kernel id (gettid), cached per thread and refreshed in the child
  * after fork() through pthread_atfork (a child made by a raw clone() that neither execs nor runs
  * fork handlers would see its parent's id).
  */
-int32_t tdm__tid(void);
+static inline int32_t tdm__tid(void) {
+  int32_t tid = tdm__tid_tls;
+  return __builtin_expect(tid != 0, 1) ? tid : tdm__tid_lookup();
+}
 
 /* Returns true when the calling thread is its process's main thread (tid == pid). */
 bool tdm__is_main_thread(void);

@@ -1,16 +1,19 @@
 /*
  * cond.c: Condition.
  *
- * A condition is a sequence word and a count of waiters. A waiter registers itself and reads
- * the sequence while it still holds the lock, releases the lock, and sleeps on the word for as
- * long as the sequence is unchanged. notify() bumps the sequence and wakes n sleepers. Nothing
- * is lost between the waiter's release and its sleep: the futex compares the word first, so a
- * notify in that gap makes the sleep return at once. The waiter count lets notify() skip the
- * system call (and the sequence bump) when nobody waits; since both sides run with the lock held,
- * notify() sees every waiter that registered before it.
+ * A condition is a sequence word and two counts. A waiter registers itself (`waiters_`) and reads
+ * the sequence while it still holds the lock, releases the lock, spins briefly, then sleeps on
+ * the word (counted in `sleepers_` while it does) for as long as the sequence is unchanged.
+ * notify() bumps the sequence and wakes n sleepers. Nothing is lost between the waiter's release
+ * and its sleep: the futex compares the word first, so a notify in that gap makes the sleep
+ * return at once. The registered count lets notify() do nothing at all when nobody waits (both
+ * sides run with the lock held, so notify() sees every waiter that registered before it); the
+ * sleeper count lets it skip the system call when the waiters are still spinning, which is what
+ * makes a quick hand-off cheap. `sleepers_` is raised before the futex compare and read after
+ * the sequence bump, both sequentially consistent, so a waiter about to sleep is never missed.
  *
- * There is no lock inside the condition, so a process killed while waiting leaves at most a
- * waiter count one too high (notify then makes a system call it did not need).
+ * There is no lock inside the condition, so a process killed while waiting leaves at most the
+ * counts one too high (notify then makes a system call it did not need).
  *
  * A waiter that was between its release and its sleep when a notify(n) came is released by the
  * bumped sequence, and the wake still releases n sleepers: n + 1 waiters may return. Python's
@@ -44,9 +47,13 @@ int tdm__cond_wait_core(tdm_cond *c, tdm_lock *l, int64_t deadline) {
   __atomic_fetch_add(&c->waiters_, 1, __ATOMIC_SEQ_CST);
   uint32_t seq = __atomic_load_n(&c->seq_, __ATOMIC_SEQ_CST);
   tdm__lock_release(l);
+  TDM__SPIN_WHILE(__atomic_load_n(&c->seq_, __ATOMIC_RELAXED) == seq, TDM__WAIT_SPIN_NS, deadline);
   int r = 0;
   while (__atomic_load_n(&c->seq_, __ATOMIC_ACQUIRE) == seq) {
-    if (tdm__futex_wait(&c->seq_, seq, deadline, shared) == -ETIMEDOUT) {
+    __atomic_fetch_add(&c->sleepers_, 1, __ATOMIC_SEQ_CST);
+    int w = tdm__futex_wait(&c->seq_, seq, deadline, shared);
+    __atomic_fetch_sub(&c->sleepers_, 1, __ATOMIC_RELAXED);
+    if (w == -ETIMEDOUT) {
       r = -ETIMEDOUT;
       break;
     }
@@ -110,7 +117,8 @@ int tdm_cond_wait_for_rlock(tdm_cond *c, tdm_rlock *l, tdm_predicate pred, void 
 static void notify(tdm_cond *c, int n) {
   if (__atomic_load_n(&c->waiters_, __ATOMIC_SEQ_CST) == 0) return;
   __atomic_fetch_add(&c->seq_, 1, __ATOMIC_SEQ_CST);
-  tdm__futex_wake(&c->seq_, n, tdm__is_shared(c->flags_));
+  if (__atomic_load_n(&c->sleepers_, __ATOMIC_SEQ_CST) > 0)
+    tdm__futex_wake(&c->seq_, n, tdm__is_shared(c->flags_));
 }
 
 void tdm_cond_notify(tdm_cond *c, int n) {

@@ -55,6 +55,8 @@ int tdm_event_wait(tdm_event *e, int64_t timeout) {
   if (v & 1) return 0;
   if (timeout == 0) return -ETIMEDOUT;
   int64_t deadline = tdm__deadline(timeout);
+  TDM__SPIN_WHILE(__atomic_load_n(&e->word_, __ATOMIC_RELAXED) == v, TDM__WAIT_SPIN_NS, deadline);
+  if (__atomic_load_n(&e->word_, __ATOMIC_ACQUIRE) != v) return 0;
   bool shared = tdm__is_shared(e->flags_);
   int r = 0;
   __atomic_fetch_add(&e->waiters_, 1, __ATOMIC_SEQ_CST);

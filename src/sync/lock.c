@@ -61,29 +61,27 @@ static int take_free(tdm_lock *l, uint32_t v, uint32_t tid, uint32_t keep) {
   return (v & OWNER_DIED) ? -EOWNERDEAD : 0;
 }
 
-static int acquire_slow(tdm_lock *l, uint32_t tid, int64_t timeout) {
+__attribute__((noinline)) static int acquire_slow(tdm_lock *l, uint32_t tid, int64_t timeout) {
   bool shared = tdm__is_shared(l->flags_);
   uint32_t v = __atomic_load_n(&l->word_, __ATOMIC_RELAXED);
   if ((v & TID_MASK) == tid) return -EDEADLK;
 
-  /* Spin while the owner is likely to let go soon. */
-  for (int i = 0; i < TDM__SPIN; i++) {
-    v = __atomic_load_n(&l->word_, __ATOMIC_RELAXED);
-    if ((v & TID_MASK) == 0) {
-      int r = take_free(l, v, tid, v & WAITERS);
-      if (r <= 0) return r;
-      continue;
-    }
-    if (timeout == 0) return -ETIMEDOUT;
-    tdm__cpu_relax();
+  if (timeout == 0) {
+    if ((v & TID_MASK) == 0 && take_free(l, v, tid, v & WAITERS) <= 0)
+      return (v & OWNER_DIED) ? -EOWNERDEAD : 0;
+    return -ETIMEDOUT;
   }
-
   int64_t deadline = tdm__deadline(timeout);
+  /* Spin while the owner is likely to let go soon. */
+  TDM__SPIN_WHILE((__atomic_load_n(&l->word_, __ATOMIC_RELAXED) & TID_MASK) != 0, TDM__LOCK_SPIN_NS,
+                  deadline);
+
+  bool slept = false;
   for (;;) {
     v = __atomic_load_n(&l->word_, __ATOMIC_RELAXED);
     if ((v & TID_MASK) == 0) {
-      /* Others may still sleep: keep WAITERS so that our release wakes one of them. */
-      int r = take_free(l, v, tid, WAITERS);
+      /* After sleeping, others may sleep too: keep WAITERS so that our release wakes one. */
+      int r = take_free(l, v, tid, slept ? WAITERS : v & WAITERS);
       if (r <= 0) return r;
       continue;
     }
@@ -99,10 +97,15 @@ static int acquire_slow(tdm_lock *l, uint32_t tid, int64_t timeout) {
         return (v & OWNER_DIED) ? -EOWNERDEAD : 0;
       return -ETIMEDOUT;
     }
+    slept = true;
   }
 }
 
-int tdm__lock_acquire(tdm_lock *l, int64_t timeout) {
+/*
+ * Acquire and release in full: the robust-list bookkeeping of shared locks, the slow path of
+ * contended ones. Out of line, so that the private fast paths below stay small leaf functions.
+ */
+__attribute__((noinline)) static int acquire_full(tdm_lock *l, int64_t timeout) {
   uint32_t tid = (uint32_t)tdm__tid();
   bool rob = robust(l);
   if (rob) tdm__robust_pending(&l->robust_next_);
@@ -118,7 +121,7 @@ int tdm__lock_acquire(tdm_lock *l, int64_t timeout) {
   return r;
 }
 
-void tdm__lock_release(tdm_lock *l) {
+__attribute__((noinline)) static void release_full(tdm_lock *l) {
   bool rob = robust(l);
   if (rob) {
     tdm__robust_pending(&l->robust_next_);
@@ -127,6 +130,35 @@ void tdm__lock_release(tdm_lock *l) {
   uint32_t v = __atomic_exchange_n(&l->word_, 0, __ATOMIC_RELEASE);
   if (v & WAITERS) tdm__futex_wake(&l->word_, 1, tdm__is_shared(l->flags_));
   if (rob) tdm__robust_pending(NULL);
+}
+
+/* The fast paths, inlined into every entry point: a private lock, free, or without waiters. */
+static inline int acquire(tdm_lock *l, int64_t timeout) {
+  if (!tdm__is_shared(l->flags_)) {
+    uint32_t zero = 0;
+    if (__builtin_expect(__atomic_compare_exchange_n(&l->word_, &zero, (uint32_t)tdm__tid(), false,
+                                                     __ATOMIC_ACQUIRE, __ATOMIC_RELAXED),
+                         1))
+      return 0;
+  }
+  return acquire_full(l, timeout);
+}
+
+static inline void release(tdm_lock *l) {
+  if (!tdm__is_shared(l->flags_)) {
+    uint32_t v = __atomic_exchange_n(&l->word_, 0, __ATOMIC_RELEASE);
+    if (__builtin_expect(v & WAITERS, 0)) tdm__futex_wake(&l->word_, 1, false);
+    return;
+  }
+  release_full(l);
+}
+
+int tdm__lock_acquire(tdm_lock *l, int64_t timeout) {
+  return acquire(l, timeout);
+}
+
+void tdm__lock_release(tdm_lock *l) {
+  release(l);
 }
 
 /* ---- Lock ---------------------------------------------------------------------------------- */
@@ -145,14 +177,14 @@ void tdm_lock_fini(tdm_lock *l) {
 
 int tdm_lock_acquire(tdm_lock *l, int64_t timeout) {
   TDM__CHECK(l, TDM__LOCK_MAGIC, "tdm_lock_acquire");
-  return tdm__lock_acquire(l, timeout);
+  return acquire(l, timeout);
 }
 
 void tdm_lock_release(tdm_lock *l) {
   TDM__CHECK(l, TDM__LOCK_MAGIC, "tdm_lock_release");
   TDM__REQUIRE(tdm__lock_held(l), "tdm_lock_release: lock %p is not held by this thread",
                (void *)l);
-  tdm__lock_release(l);
+  release(l);
 }
 
 bool tdm_lock_locked(const tdm_lock *l) {
@@ -195,7 +227,7 @@ int tdm_rlock_acquire(tdm_rlock *l, int64_t timeout) {
     l->count_++;
     return 0;
   }
-  int r = tdm__lock_acquire(&l->lock_, timeout);
+  int r = acquire(&l->lock_, timeout);
   if (r == 0 || r == -EOWNERDEAD) l->count_ = 1;
   return r;
 }
@@ -204,7 +236,7 @@ void tdm_rlock_release(tdm_rlock *l) {
   TDM__CHECK(&l->lock_, TDM__RLOCK_MAGIC, "tdm_rlock_release");
   TDM__REQUIRE(tdm__lock_held(&l->lock_),
                "tdm_rlock_release: recursive lock %p is not held by this thread", (void *)l);
-  if (--l->count_ == 0) tdm__lock_release(&l->lock_);
+  if (--l->count_ == 0) release(&l->lock_);
 }
 
 bool tdm_rlock_held(const tdm_rlock *l) {

@@ -47,11 +47,9 @@ int tdm_sem_acquire(tdm_sem *s, int64_t timeout) {
   TDM__CHECK(s, TDM__SEM_MAGIC, "tdm_sem_acquire");
   if (try_take(s)) return 0;
   if (timeout == 0) return -ETIMEDOUT;
-  for (int i = 0; i < TDM__SPIN; i++) {
-    tdm__cpu_relax();
-    if (try_take(s)) return 0;
-  }
   int64_t deadline = tdm__deadline(timeout);
+  TDM__SPIN_WHILE(__atomic_load_n(&s->value_, __ATOMIC_RELAXED) == 0, TDM__WAIT_SPIN_NS, deadline);
+  if (try_take(s)) return 0;
   bool shared = tdm__is_shared(s->flags_);
   int r = 0;
   __atomic_fetch_add(&s->waiters_, 1, __ATOMIC_SEQ_CST);

@@ -14,7 +14,8 @@
  * head's own `prev` slot sits just before the head), and which each thread checks once at run
  * time by reading its head's futex_offset. Since the formats are identical, glibc's insertions
  * and removals and ours keep one consistent doubly linked list, and the kernel treats every node
- * alike at thread exit.
+ * alike at thread exit. Linking and unlinking run on every shared-lock operation, so they are
+ * inline functions in platform.h; this file only looks the head up, once per thread.
  */
 #include <errno.h>
 #include <limits.h>
@@ -25,8 +26,6 @@
 #include <unistd.h>
 
 #include "platform/platform.h"
-
-#define TLS_IE __attribute__((tls_model("initial-exec")))
 
 int tdm__futex_wait(uint32_t *word, uint32_t expected, int64_t deadline, bool shared) {
   int op = FUTEX_WAIT_BITSET | (shared ? 0 : FUTEX_PRIVATE_FLAG);
@@ -49,83 +48,21 @@ int tdm__futex_wake(uint32_t *word, int n, bool shared) {
   return r < 0 ? 0 : (int)r;
 }
 
+__thread struct tdm__robust_head *tdm__robust_head_tls TDM__TLS_IE;
+__thread int tdm__robust_state_tls TDM__TLS_IE;
+
+bool tdm__robust_lookup(void) {
 #ifdef HAVE_ROBUST_LIST_CHAIN
-
-/* The kernel's struct robust_list_head, seen through plain pointers. */
-struct robust_head {
-  void *next;
-  long futex_offset;
-  void *pending;
-};
-
-/* 0: not looked up yet; 1: usable; -1: not usable in this thread. */
-static __thread int robust_state TLS_IE;
-static __thread struct robust_head *robust_head TLS_IE;
-
-bool tdm__robust_usable(void) {
-  if (robust_state == 0) {
-    struct robust_head *h = NULL;
-    size_t len = 0;
-    long r = syscall(SYS_get_robust_list, 0, &h, &len);
-    if (r == 0 && h != NULL && len == sizeof(struct robust_head) &&
-        h->futex_offset == TDM__ROBUST_FUTEX_OFFSET) {
-      robust_head = h;
-      robust_state = 1;
-    } else {
-      robust_state = -1;
-    }
+  struct tdm__robust_head *h = NULL;
+  size_t len = 0;
+  long r = syscall(SYS_get_robust_list, 0, &h, &len);
+  if (r == 0 && h != NULL && len == sizeof(struct tdm__robust_head) &&
+      h->futex_offset == TDM__ROBUST_FUTEX_OFFSET) {
+    tdm__robust_head_tls = h;
+    tdm__robust_state_tls = 1;
+    return true;
   }
-  return robust_state == 1;
-}
-
-/* The `prev` slot of the node whose entry is `entry` (the head's entry is the head itself). */
-static void **prev_slot(void *entry) {
-  return (void **)((uintptr_t)entry & ~(uintptr_t)1) - 1;
-}
-
-void tdm__robust_pending(uint64_t *entry) {
-  robust_head->pending = entry;
-}
-
-void tdm__robust_link(uint64_t *entry) {
-  void **e = (void **)entry;
-  void *first = robust_head->next;
-  *prev_slot(first) = e;
-  e[0] = first;
-  e[-1] = robust_head;
-  /* The node must be complete before the kernel can reach it from the head. */
-  __atomic_signal_fence(__ATOMIC_SEQ_CST);
-  robust_head->next = e;
-}
-
-void tdm__robust_unlink(uint64_t *entry) {
-  void **e = (void **)entry;
-  void *next = e[0];
-  void *prev = e[-1];
-  *prev_slot(next) = prev;
-  *(void **)((uintptr_t)prev & ~(uintptr_t)1) = next;
-  /* Out of the list before the node's own slots change: the kernel may walk it at any time. */
-  __atomic_signal_fence(__ATOMIC_SEQ_CST);
-  e[-1] = NULL;
-  e[0] = NULL;
-}
-
-#else /* !HAVE_ROBUST_LIST_CHAIN */
-
-bool tdm__robust_usable(void) {
+#endif
+  tdm__robust_state_tls = -1;
   return false;
 }
-
-void tdm__robust_pending(uint64_t *entry) {
-  (void)entry;
-}
-
-void tdm__robust_link(uint64_t *entry) {
-  (void)entry;
-}
-
-void tdm__robust_unlink(uint64_t *entry) {
-  (void)entry;
-}
-
-#endif /* HAVE_ROBUST_LIST_CHAIN */

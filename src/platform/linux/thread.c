@@ -17,11 +17,11 @@
 
 #include "platform/platform.h"
 
-static __thread int32_t cached_tid __attribute__((tls_model("initial-exec")));
+__thread int32_t tdm__tid_tls TDM__TLS_IE;
 
-int32_t tdm__tid(void) {
-  if (__builtin_expect(cached_tid == 0, 0)) cached_tid = (int32_t)syscall(SYS_gettid);
-  return cached_tid;
+int32_t tdm__tid_lookup(void) {
+  tdm__tid_tls = (int32_t)syscall(SYS_gettid);
+  return tdm__tid_tls;
 }
 
 bool tdm__is_main_thread(void) {
@@ -29,7 +29,7 @@ bool tdm__is_main_thread(void) {
 }
 
 static void forget_tid(void) {
-  cached_tid = 0;
+  tdm__tid_tls = 0;
 }
 
 __attribute__((constructor(101))) static void platform_init(void) {
