@@ -51,7 +51,8 @@ static void count(void *arg) {
 static void wait_100ms(void *arg) {
   struct job *j = arg;
   tdm_gil_acquire(j->gil);
-  tdm_gil_sleep(j->gil, TDM_MS(100)); /* releases the GIL while it sleeps, as time.sleep() */
+  check(tdm_gil_sleep(j->gil, TDM_MS(100)),
+        "tdm_gil_sleep"); /* releases the GIL, as time.sleep() */
   tdm_gil_release(j->gil);
 }
 

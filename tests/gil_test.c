@@ -166,7 +166,9 @@ TEST(gil_sleep_releases_the_gil) {
   WAIT_UNTIL(__atomic_load_n(&s.waiter_ready, __ATOMIC_SEQ_CST) &&
              asleep(__atomic_load_n(&s.waiter_tid, __ATOMIC_SEQ_CST)));
   __atomic_store_n(&s.phase, 1, __ATOMIC_SEQ_CST);
-  tdm_gil_sleep(&g, TDM_MS(200));
+  CHECK_ERR(tdm_gil_sleep(&g, -1), -EINVAL);
+  CHECK(tdm_gil_held(&g));
+  CHECK_OK(tdm_gil_sleep(&g, TDM_MS(200)));
   __atomic_store_n(&s.phase, 2, __ATOMIC_SEQ_CST);
   CHECK(tdm_gil_held(&g));
   tdm_gil_release(&g);
@@ -189,7 +191,7 @@ static void mixed_worker(void *arg) {
       m->counter++;
       tdm_gil_checkpoint(m->gil);
     }
-    tdm_gil_sleep(m->gil, TDM_US(100));
+    CHECK_OK(tdm_gil_sleep(m->gil, TDM_US(100)));
   }
   tdm_gil_release(m->gil);
 }
@@ -204,6 +206,26 @@ TEST(gil_stress_compute_and_sleep) {
   for (int i = 0; i < 8; i++)
     CHECK_OK(tdm_thread_join(t[i], TDM_FOREVER));
   CHECK_EQ(m.counter, 8L * 20 * 20000);
+  tdm_gil_fini(&g);
+}
+
+static void child_releases_gil(void *arg) {
+  tdm_gil *g = arg;
+  CHECK(tdm_gil_held(g)); /* the forking thread's GIL is its own in the child */
+  tdm_gil_checkpoint(g);
+  tdm_gil_release(g);
+  tdm_gil_acquire(g);
+  tdm_gil_release(g);
+  tdm_gil_fini(g);
+}
+
+TEST(gil_held_across_fork_stays_the_forking_threads) {
+  static tdm_gil g;
+  CHECK_OK(tdm_gil_init(&g, 0));
+  tdm_gil_acquire(&g);
+  tdm_test_wait_ok(tdm_test_fork(child_releases_gil, &g));
+  CHECK(tdm_gil_held(&g));
+  tdm_gil_release(&g);
   tdm_gil_fini(&g);
 }
 

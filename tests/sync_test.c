@@ -575,6 +575,53 @@ TEST(lock_misuse_aborts) {
   EXPECT_ABORT(use_after_fini, NULL, "not an initialised object");
 }
 
+struct forked_locks {
+  tdm_lock private_lock;
+  tdm_rlock private_rlock;
+  tdm_lock *shared_lock;
+};
+
+static void child_of_lock_holder(void *arg) {
+  struct forked_locks *f = arg;
+  /* The child's copy of a private lock is held by the child's (forking) thread ... */
+  CHECK(tdm_lock_held(&f->private_lock));
+  CHECK_ERR(tdm_lock_acquire(&f->private_lock, 0), -EDEADLK);
+  tdm_lock_release(&f->private_lock);
+  CHECK_OK(tdm_lock_acquire(&f->private_lock, 0));
+  tdm_lock_release(&f->private_lock);
+  CHECK_EQ(tdm_rlock_level(&f->private_rlock), 2);
+  tdm_rlock_release(&f->private_rlock);
+  tdm_rlock_release(&f->private_rlock);
+  CHECK(!tdm_rlock_held(&f->private_rlock));
+  /* ... but a shared lock is still the parent's. */
+  CHECK(tdm_lock_locked(f->shared_lock));
+  CHECK(!tdm_lock_held(f->shared_lock));
+  CHECK_ERR(tdm_lock_acquire(f->shared_lock, 0), -ETIMEDOUT);
+  CHECK_OK(tdm_lock_acquire(f->shared_lock, TDM_FOREVER)); /* once the parent lets go */
+  tdm_lock_release(f->shared_lock);
+}
+
+TEST(locks_held_across_fork) {
+  struct shared *s = shared_new();
+  static struct forked_locks f;
+  CHECK_OK(tdm_lock_init(&f.private_lock, 0));
+  CHECK_OK(tdm_rlock_init(&f.private_rlock, 0));
+  f.shared_lock = &s->lock;
+  CHECK_OK(tdm_lock_acquire(&f.private_lock, 0));
+  CHECK_OK(tdm_rlock_acquire(&f.private_rlock, 0));
+  CHECK_OK(tdm_rlock_acquire(&f.private_rlock, 0));
+  CHECK_OK(tdm_lock_acquire(&s->lock, 0));
+  pid_t p = tdm_test_fork(child_of_lock_holder, &f);
+  WAIT_UNTIL(process_sleeping(p)); /* waiting for the shared lock */
+  tdm_lock_release(&s->lock);
+  tdm_test_wait_ok(p);
+  CHECK(tdm_lock_held(&f.private_lock)); /* the parent's own copies are untouched */
+  CHECK_EQ(tdm_rlock_level(&f.private_rlock), 2);
+  tdm_lock_release(&f.private_lock);
+  tdm_rlock_release(&f.private_rlock);
+  tdm_rlock_release(&f.private_rlock);
+}
+
 /* ---- RLock ----------------------------------------------------------------------------------- */
 
 struct rholder {
@@ -1547,15 +1594,29 @@ TEST(barrier_party_dying_inside_the_barrier_breaks_it) {
   CHECK(!tdm_barrier_broken(&s->barrier));
 }
 
-static void barrier_fini_uninitialised(void *arg) {
+static void barrier_wait_uninitialised(void *arg) {
   tdm_barrier b;
   (void)arg;
   memset(&b, 0, sizeof b);
   tdm_barrier_wait(&b, 0);
 }
 
+static tdm_barrier reentered;
+
+static int action_calls_its_barrier(void *arg) {
+  (void)arg;
+  return (int)tdm_barrier_n_waiting(&reentered);
+}
+
+static void barrier_action_reenters(void *arg) {
+  (void)arg;
+  CHECK_OK(tdm_barrier_init(&reentered, 1, 0));
+  tdm_barrier_wait_action(&reentered, action_calls_its_barrier, NULL, 0);
+}
+
 TEST(barrier_misuse_aborts) {
-  EXPECT_ABORT(barrier_fini_uninitialised, NULL, "tdm_barrier_wait");
+  EXPECT_ABORT(barrier_wait_uninitialised, NULL, "tdm_barrier_wait");
+  EXPECT_ABORT(barrier_action_reenters, NULL, "called the barrier itself");
 }
 
 /* ---- Layout ---------------------------------------------------------------------------------- */

@@ -491,6 +491,31 @@ TEST(tls_values_are_per_thread_and_destroyed_in_their_thread) {
   tdm_tls_fini(&slot);
 }
 
+static tdm_tls slow_slot;
+
+static void slow_destructor(void *value) {
+  CHECK_OK(tdm_event_wait(value, TDM_FOREVER)); /* the thread's exit waits on the test */
+}
+
+static void set_slow_value(void *arg) {
+  CHECK_OK(tdm_tls_set(&slow_slot, arg));
+}
+
+TEST(join_timeout_covers_thread_local_destructors) {
+  tdm_event release;
+  CHECK_OK(tdm_event_init(&release, 0));
+  CHECK_OK(tdm_tls_init(&slow_slot, slow_destructor));
+  tdm_thread *t = spawn_named(set_slow_value, &release, NULL);
+  WAIT_UNTIL(!tdm_thread_is_alive(t)); /* its function returned; its destructor runs */
+  int64_t t0 = tdm_clock_now();
+  CHECK_ERR(tdm_thread_join(t, TDM_MS(20)), -ETIMEDOUT);
+  CHECK(tdm_clock_now() - t0 >= TDM_MS(20));
+  CHECK_ERR(tdm_thread_join(t, 0), -ETIMEDOUT);
+  tdm_event_set(&release);
+  CHECK_OK(tdm_thread_join(t, TDM_FOREVER));
+  tdm_tls_fini(&slow_slot);
+}
+
 /* ---- Timers ---------------------------------------------------------------------------------- */
 
 static void bump(void *arg) {

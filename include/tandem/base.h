@@ -36,11 +36,12 @@ extern "C" {
 TDM_API const char *tdm_version(void);
 
 /*
- * Returns the number of CPUs this process may really use, always at least 1: the CPUs in its
- * affinity mask (sched_getaffinity), lowered to the CPU quota of its cgroup when one is set
- * (cgroup v2 `cpu.max`, or cgroup v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`, on every level
- * from the process's own cgroup up to the root; a fractional quota is rounded up, so a quota
- * of 1.5 CPUs counts as 2). This is Python 3.13's os.process_cpu_count() with loky's quota
+ * Returns the number of CPUs this process may really use, always at least 1: the CPUs in the
+ * calling thread's affinity mask (sched_getaffinity; the process's, unless threads set their
+ * own), lowered to the CPU quota of its cgroup when one is set (cgroup v2 `cpu.max`, or cgroup
+ * v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`, on every level from the process's own cgroup up
+ * to the top of the mounted hierarchy; a fractional quota is rounded up, so a quota of 1.5 CPUs
+ * counts as 2). This is Python 3.13's os.process_cpu_count() with loky's quota
  * rule, and the default size of process pools.
  *
  * The environment variable TDM_CPU_COUNT, when it holds a positive decimal integer, overrides
@@ -52,11 +53,13 @@ TDM_API const char *tdm_version(void);
 TDM_API int tdm_cpu_count(void);
 
 /*
- * An allocator for the memory tandem takes from the heap (thread handles, timers and, in later
- * modules, pools and futures). `alloc` behaves like realloc with a user pointer: with size > 0
- * it returns a block of at least that size (ptr NULL: a new block; otherwise the block is
- * resized) or NULL when out of memory; with size 0 it frees ptr and returns NULL. Objects that
- * live in caller-provided memory (locks, semaphores, ...) never allocate.
+ * An allocator for the memory tandem's own objects take from the heap (thread handles, timers
+ * and, in later modules, pools and futures). `alloc` behaves like realloc with a user pointer:
+ * with size > 0 it returns a block of at least that size (ptr NULL: a new block; otherwise the
+ * block is resized) or NULL when out of memory; with size 0 it frees ptr and returns NULL.
+ * Objects that live in caller-provided memory (locks, semaphores, ...) never allocate. What the
+ * C library allocates inside calls tandem makes (stdio buffers when tdm_cpu_count() reads
+ * /proc, pthread keys, thread stacks) does not go through it.
  */
 typedef struct tdm_allocator {
   void *(*alloc)(void *ud, void *ptr, size_t size);
@@ -64,7 +67,8 @@ typedef struct tdm_allocator {
 } tdm_allocator;
 
 /*
- * Makes tandem allocate through `a` from now on; NULL restores the C library's allocator.
+ * Makes tandem allocate through `a` from now on; NULL (or an `alloc` of NULL) restores the C
+ * library's allocator.
  * The structure is copied. Call it before any tandem object exists: a block must be freed by
  * the allocator that made it. Not thread-safe with other tandem calls. Its main use is fault
  * injection in tests (fail the Nth allocation) and accounting.

@@ -8,6 +8,9 @@
  * they never extend the wait, and changes to the wall clock do not affect it. A wait that ends
  * without success returns -ETIMEDOUT, also when the timeout was 0.
  *
+ * A duration is not a timeout: a sleep or a timer's delay says how long, so a negative one is
+ * an error (-EINVAL), not "forever".
+ *
  * The helpers below are what the library itself uses; they are public so that code built on
  * tandem can keep the same discipline across several calls (one deadline, many waits).
  * Nothing here has state: safe in any thread and after fork().

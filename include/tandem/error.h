@@ -40,15 +40,18 @@ enum tdm_error {
 };
 
 /*
- * Returns a message for a code returned by tandem: a tandem-specific code, or a negative errno
- * value (also a positive errno value, for convenience). Unknown codes give "unknown error".
- * The string is static and must not be freed; thread-safe.
+ * Returns a message for a code returned by tandem: "success" for 0, a tandem-specific code, or
+ * a negative errno value (also a positive errno value, for convenience); unknown codes give
+ * "unknown error". The string must not be freed; thread-safe. With glibc 2.32 or later it is
+ * static; with an older C library an errno message lives in a per-thread buffer until the next
+ * call in the same thread.
  */
 TDM_API const char *tdm_strerror(int err);
 
 /*
- * Returns the symbolic name of a code: "TDM_EBROKEN", "ETIMEDOUT", ... ("UNKNOWN" when the code
- * is not known). Static string; thread-safe.
+ * Returns the symbolic name of a code: "OK" for 0, "TDM_EBROKEN", "ETIMEDOUT", ... ("UNKNOWN"
+ * when the code is not known, and for errno values with a C library older than glibc 2.32).
+ * Static string; thread-safe.
  */
 TDM_API const char *tdm_err_name(int err);
 

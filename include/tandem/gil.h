@@ -17,8 +17,9 @@
  * So CPU-bound threads under one tdm_gil take turns and run no faster than one thread, while
  * threads that mostly wait still overlap: the classic CPython results, measured in C.
  *
- * A tdm_gil synchronises the threads of one process. Fork: a child must not use a GIL that was
- * held at the time of the fork by a thread other than the forking one.
+ * A tdm_gil synchronises the threads of one process. Fork: a GIL the forking thread held is
+ * still held by it in the child; a child must not use a GIL that another thread held at the
+ * time of the fork.
  */
 #ifndef TANDEM_GIL_H
 #define TANDEM_GIL_H
@@ -64,7 +65,11 @@ TDM_API void tdm_gil_fini(tdm_gil *g);
 /* Takes the GIL, waiting as CPython's take_gil() does. Aborts if the caller already holds it. */
 TDM_API void tdm_gil_acquire(tdm_gil *g);
 
-/* Releases the GIL, which the caller must hold (aborts otherwise). */
+/*
+ * Releases the GIL, which the caller must hold (aborts otherwise). When another thread has
+ * asked for the GIL, waits until that thread has taken it before returning (forced switching,
+ * as CPython's drop_gil() does), so it may block briefly.
+ */
 TDM_API void tdm_gil_release(tdm_gil *g);
 
 /*
@@ -75,10 +80,11 @@ TDM_API void tdm_gil_checkpoint(tdm_gil *g);
 
 /*
  * Sleeps for `duration` ns with the GIL released, then takes it back, as time.sleep() does.
- * A negative duration sleeps 0 ns (the GIL is still released and taken back). The caller must
- * hold the GIL.
+ * Returns 0, or -EINVAL for a negative duration (then nothing happens). The caller must hold the
+ * GIL (aborts otherwise). Like tdm_gil_release(), it may first wait for a waiting thread to take
+ * the GIL (forced switching).
  */
-TDM_API void tdm_gil_sleep(tdm_gil *g, int64_t duration);
+TDM_API int tdm_gil_sleep(tdm_gil *g, int64_t duration);
 
 /* Returns the switch interval, in ns. */
 TDM_API int64_t tdm_gil_interval(const tdm_gil *g);
@@ -86,7 +92,10 @@ TDM_API int64_t tdm_gil_interval(const tdm_gil *g);
 /* Returns true when the calling thread holds the GIL. */
 TDM_API bool tdm_gil_held(tdm_gil *g);
 
-/* Returns how many times the GIL changed hands, and how many of those a waiter forced. */
+/*
+ * Returns how many times the GIL changed hands (the first acquisition counts as one, as in
+ * CPython's switch number), and how many drops a waiter's request forced.
+ */
 TDM_API uint64_t tdm_gil_switches(tdm_gil *g);
 TDM_API uint64_t tdm_gil_forced_switches(tdm_gil *g);
 

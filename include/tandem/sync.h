@@ -24,13 +24,16 @@
  * for everyone) or until another process aborts or resets it.
  *
  * Fork. The state of every object is in its memory, so after fork() a child sees what the
- * parent's memory held: a private object copied into the child is the child's own (a private
- * lock that another thread held at the time of the fork stays held forever in the child, as
- * with pthreads); a shared object in MAP_SHARED memory is the same object in both.
+ * parent's memory held. A private object copied into the child is the child's own: a private
+ * Lock or RLock that the forking thread held is still held by that thread in the child (which
+ * may release it, as with pthreads), one that another thread held stays held forever. A shared
+ * object in MAP_SHARED memory is the same object in both: a shared lock held by a thread of the
+ * parent remains the parent's.
  *
  * Misuse aborts with a message: releasing a lock that the calling thread does not hold,
- * finalising a held lock, waiting on a condition without holding its lock, using an object
- * that was never initialised or was finalised, or mixing private and shared objects.
+ * finalising a held lock, waiting on a condition without holding its lock, waiting on a
+ * condition with a lock of the other kind (private with shared), using an object that was never
+ * initialised or was finalised. Not detected: using a private object from several processes.
  */
 #ifndef TANDEM_SYNC_H
 #define TANDEM_SYNC_H
@@ -138,7 +141,9 @@ TDM_API void tdm_lock_fini(tdm_lock *l);
  *                 locks only; see the top of this file);
  *   -ETIMEDOUT    the lock was not acquired in time (timeout 0: it was held);
  *   -EDEADLK      the calling thread already holds this lock (nothing taken; with an RLock
- *                 this would be legal).
+ *                 this would be legal);
+ *   -ENOTSUP      a shared lock, and the calling thread has no robust list tandem can use (a
+ *                 thread not made by the C library's pthread_create; never on glibc threads).
  */
 TDM_API int tdm_lock_acquire(tdm_lock *l, int64_t timeout);
 
@@ -191,8 +196,8 @@ TDM_API void tdm_cond_fini(tdm_cond *c);
  * acquires `l` again before returning, whatever the result. Returns 0 (notified), -ETIMEDOUT,
  * or -EOWNERDEAD (notified or not, the lock was re-acquired from an owner that died). As with
  * pthread_cond_wait, a return of 0 does not prove that the awaited state holds: another thread
- * may have changed it first, and a notify(n) may release a waiter more than n when it races
- * with a wait that is just starting. Loop on the predicate, or use tdm_cond_wait_for().
+ * may have changed it first, and more than n waiters may return for a notify(n) (see
+ * tdm_cond_notify()). Loop on the predicate, or use tdm_cond_wait_for().
  * The lock and the condition must both be private or both shared.
  */
 TDM_API int tdm_cond_wait(tdm_cond *c, tdm_lock *l, int64_t timeout);
@@ -214,9 +219,11 @@ TDM_API int tdm_cond_wait_for_rlock(tdm_cond *c, tdm_rlock *l, tdm_predicate pre
                                     int64_t timeout);
 
 /*
- * Wakes up to n threads waiting on the condition (n <= 0 wakes none). Call it with the lock
- * held, as Python requires, so that a waiter cannot miss a notification sent between its
- * check of the state and its wait. Never blocks; no system call when nobody waits.
+ * Wakes up to n threads asleep on the condition (n <= 0 wakes none). A wait spins for a few
+ * microseconds before it goes to sleep; every waiter still in that phase also returns, so more
+ * than n waits may end (Python's Condition ends exactly n). Call it with the lock held, as
+ * Python requires: otherwise a waiter that is about to wait can miss the notification. Never
+ * blocks; no system call unless a waiter sleeps.
  */
 TDM_API void tdm_cond_notify(tdm_cond *c, int n);
 
@@ -275,8 +282,9 @@ TDM_API int tdm_event_wait(tdm_event *e, int64_t timeout);
 /* ---- Barrier ------------------------------------------------------------------------------- */
 
 /*
- * An action run by the last party to arrive, before the others are released. Returns 0, or a
- * negative code to break the barrier.
+ * An action run by the last party to arrive, before the others are released. Returns 0, or
+ * non-zero to break the barrier (a negative code is passed on to the caller that ran the action;
+ * a positive value is reported to it as TDM_EBROKEN).
  */
 typedef int (*tdm_barrier_action)(void *arg);
 
@@ -295,8 +303,12 @@ TDM_API void tdm_barrier_fini(tdm_barrier *b);
  * for the last), or:
  *   -ETIMEDOUT   this caller's timeout ran out; the barrier is now broken for everyone;
  *   TDM_EBROKEN  the barrier is broken: another party timed out, it was aborted, it was reset
- *                while this caller waited, or a party died inside a barrier call. It stays
+ *                while this caller waited, its action failed, or a party died while it held the
+ *                barrier's internal lock (in a shared barrier; the others notice when they next
+ *                take that lock: at their own timeout, or their next barrier call). It stays
  *                broken until tdm_barrier_reset().
+ * A timeout of 0 means what it means in Python: unless the caller is the last to arrive, the
+ * barrier breaks.
  */
 TDM_API int tdm_barrier_wait(tdm_barrier *b, int64_t timeout);
 
@@ -305,9 +317,9 @@ TDM_API int tdm_barrier_wait(tdm_barrier *b, int64_t timeout);
  * others, so that what the action does is visible to every party after the barrier (Python's
  * Barrier(action=...)). Each party passes its own action pointer, so this works between
  * processes whatever their address layout; pass the same action from every party. When the
- * action returns a negative code, the barrier breaks: its caller gets that code, the others
- * TDM_EBROKEN. The action runs with the barrier's internal lock held: it must not call the
- * barrier's own functions.
+ * action fails (see tdm_barrier_action), the barrier breaks: its caller gets the action's
+ * negative code (or TDM_EBROKEN), the others TDM_EBROKEN. The action runs with the barrier's
+ * internal lock held: calling the barrier's own functions from it aborts.
  */
 TDM_API int tdm_barrier_wait_action(tdm_barrier *b, tdm_barrier_action action, void *arg,
                                     int64_t timeout);

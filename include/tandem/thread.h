@@ -18,7 +18,10 @@
  *
  * Fork. In a child made by fork(), only the thread that forked exists: it becomes the child's
  * main thread, every other thread is reported dead (not alive, listed nowhere), and joining or
- * detaching their handles in the child returns at once and frees the child's copy.
+ * detaching their handles in the child returns at once and frees the child's copy. When the
+ * forking thread was a tandem thread, its function keeps running in the child, and when it
+ * returns the child's last thread ends, so the child exits with status 0 (running its atexit
+ * handlers), as with pthreads.
  */
 #ifndef TANDEM_THREAD_H
 #define TANDEM_THREAD_H
@@ -52,20 +55,27 @@ TDM_API int tdm_thread_start(tdm_thread **out, tdm_thread_fn fn, void *arg,
                              const tdm_thread_options *opt);
 
 /*
- * Waits at most `timeout` for the thread to end. Returns 0 when it has ended: the handle is
- * consumed (freed). Returns -ETIMEDOUT when it still runs (the handle stays the caller's),
- * -EDEADLK when a thread tries to join itself, -EINVAL for a handle that was not returned by
- * tdm_thread_start(). Only one thread may join a given handle.
+ * Waits at most `timeout` for the thread to end, its thread-local destructors included.
+ * Returns 0 when it has ended: the handle is consumed (freed). Returns -ETIMEDOUT when it still
+ * runs (the handle stays the caller's), -EDEADLK when a thread tries to join itself, -EINVAL for
+ * a handle that was not returned by tdm_thread_start(). Only one thread may join a given handle;
+ * joining a handle that was already joined or detached is a bug that tandem cannot always detect
+ * (the handle may be freed memory by then).
  */
 TDM_API int tdm_thread_join(tdm_thread *t, int64_t timeout);
 
 /*
  * Gives up the handle: the thread runs on and its resources are freed when it ends. Aborts for a
- * handle that was not returned by tdm_thread_start() or was already joined or detached.
+ * handle that was not returned by tdm_thread_start(), and for one already detached while its
+ * thread still runs (after that, the handle may be freed memory: detaching twice is a bug that
+ * tandem cannot always detect).
  */
 TDM_API void tdm_thread_detach(tdm_thread *t);
 
-/* Returns true from the moment tdm_thread_start() returns until the thread's function returns. */
+/*
+ * Returns true from the moment tdm_thread_start() returns until the thread's function returns
+ * (its thread-local destructors may still be running; tdm_thread_join() waits for those too).
+ */
 TDM_API bool tdm_thread_is_alive(const tdm_thread *t);
 
 /* Returns the thread's identifier: unique in this process for its whole life, never reused. */
@@ -111,7 +121,7 @@ typedef struct tdm_tls {
  * Initialises a slot whose value is NULL in every thread. When a thread that set a non-NULL
  * value ends, dtor(value) runs in that thread (dtor may be NULL). The process's main thread
  * ending through exit() runs no destructors (as with pthreads). Returns 0, or -EAGAIN when the
- * process has no slots left.
+ * process has no slots left, or -ENOMEM.
  */
 TDM_API int tdm_tls_init(tdm_tls *k, void (*dtor)(void *value));
 

@@ -21,9 +21,13 @@ const char *tdm_strerror(int err) {
   int e = err < 0 ? -err : err;
 #ifdef HAVE_STRERRORDESC_NP
   const char *s = strerrordesc_np(e);
-  if (s != NULL) return s;
+  return s != NULL ? s : "unknown error";
+#else
+  /* Older C libraries: the GNU strerror_r, into a per-thread buffer (valid until the next call
+   * in the same thread). */
+  static __thread char buf[128];
+  return strerror_r(e, buf, sizeof buf);
 #endif
-  return "unknown error";
 }
 
 const char *tdm_err_name(int err) {

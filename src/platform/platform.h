@@ -140,6 +140,15 @@ static inline int32_t tdm__tid(void) {
   return __builtin_expect(tid != 0, 1) ? tid : tdm__tid_lookup();
 }
 
+/*
+ * Returns true when `tid` is an id the calling thread had in an ancestor process, before a
+ * fork() made it the thread of a child (the last 8 forks are remembered). A private lock or GIL
+ * that the thread held when it forked records the old id, and is still the thread's own in the
+ * child, as with pthreads. Shared objects must not use this: in shared memory, a lock held at
+ * the fork still belongs to the parent's thread.
+ */
+bool tdm__tid_was_mine(int32_t tid);
+
 /* Returns true when the calling thread is its process's main thread (tid == pid). */
 bool tdm__is_main_thread(void);
 

@@ -59,10 +59,14 @@ static void break_locked(tdm_barrier *b) {
 
 /*
  * Takes the internal lock. A previous holder that died may have left the state half-changed,
- * so the barrier is broken rather than trusted.
+ * so the barrier is broken rather than trusted. The lock is already ours only when an action
+ * calls its own barrier, which the contract forbids.
  */
 static void enter(tdm_barrier *b) {
-  if (tdm__lock_acquire(&b->lock_, TDM_FOREVER) == -EOWNERDEAD) break_locked(b);
+  int r = tdm__lock_acquire(&b->lock_, TDM_FOREVER);
+  TDM__REQUIRE(r != -EDEADLK, "tdm_barrier: the action of barrier %p called the barrier itself",
+               (void *)b);
+  if (r == -EOWNERDEAD) break_locked(b);
 }
 
 int tdm_barrier_wait_action(tdm_barrier *b, tdm_barrier_action action, void *arg, int64_t timeout) {

@@ -15,9 +15,10 @@
  * There is no lock inside the condition, so a process killed while waiting leaves at most the
  * counts one too high (notify then makes a system call it did not need).
  *
- * A waiter that was between its release and its sleep when a notify(n) came is released by the
- * bumped sequence, and the wake still releases n sleepers: n + 1 waiters may return. Python's
- * Condition would release exactly n; the difference is documented in tandem/sync.h and is why
+ * Every waiter that has not gone to sleep yet when a notify(n) comes (it is between releasing the
+ * lock and sleeping, or still spinning) is released by the bumped sequence, and the wake still
+ * releases n sleepers: more than n waits may return. Python's Condition releases exactly n,
+ * with a queue of per-waiter locks; the difference is documented in tandem/sync.h and is why
  * tdm_cond_wait_for() exists.
  */
 #include <limits.h>

@@ -80,7 +80,7 @@ static void drop(tdm_gil *g, int32_t me) {
 void tdm_gil_acquire(tdm_gil *g) {
   TDM__CHECK(g, TDM__GIL_MAGIC, "tdm_gil_acquire");
   int32_t me = tdm__tid();
-  TDM__REQUIRE(__atomic_load_n(&g->holder_, __ATOMIC_RELAXED) != me,
+  TDM__REQUIRE(!tdm__private_owner_is_me((uint32_t)__atomic_load_n(&g->holder_, __ATOMIC_RELAXED)),
                "tdm_gil_acquire: this thread already holds GIL %p", (void *)g);
   take(g, me);
 }
@@ -88,7 +88,7 @@ void tdm_gil_acquire(tdm_gil *g) {
 void tdm_gil_release(tdm_gil *g) {
   TDM__CHECK(g, TDM__GIL_MAGIC, "tdm_gil_release");
   int32_t me = tdm__tid();
-  TDM__REQUIRE(__atomic_load_n(&g->holder_, __ATOMIC_RELAXED) == me,
+  TDM__REQUIRE(tdm__private_owner_is_me((uint32_t)__atomic_load_n(&g->holder_, __ATOMIC_RELAXED)),
                "tdm_gil_release: GIL %p is not held by this thread", (void *)g);
   drop(g, me);
 }
@@ -97,16 +97,18 @@ void tdm_gil_checkpoint(tdm_gil *g) {
   if (__builtin_expect(__atomic_load_n(&g->drop_request_, __ATOMIC_RELAXED) == 0, 1)) return;
   TDM__CHECK(g, TDM__GIL_MAGIC, "tdm_gil_checkpoint");
   int32_t me = tdm__tid();
-  TDM__REQUIRE(__atomic_load_n(&g->holder_, __ATOMIC_RELAXED) == me,
+  TDM__REQUIRE(tdm__private_owner_is_me((uint32_t)__atomic_load_n(&g->holder_, __ATOMIC_RELAXED)),
                "tdm_gil_checkpoint: GIL %p is not held by this thread", (void *)g);
   drop(g, me);
   take(g, me);
 }
 
-void tdm_gil_sleep(tdm_gil *g, int64_t duration) {
+int tdm_gil_sleep(tdm_gil *g, int64_t duration) {
+  if (duration < 0) return -EINVAL;
   tdm_gil_release(g);
-  tdm_clock_sleep(duration < 0 ? 0 : duration);
+  tdm_clock_sleep(duration);
   tdm_gil_acquire(g);
+  return 0;
 }
 
 int64_t tdm_gil_interval(const tdm_gil *g) {
@@ -116,7 +118,8 @@ int64_t tdm_gil_interval(const tdm_gil *g) {
 
 bool tdm_gil_held(tdm_gil *g) {
   TDM__CHECK(g, TDM__GIL_MAGIC, "tdm_gil_held");
-  return __atomic_load_n(&g->holder_, __ATOMIC_RELAXED) == tdm__tid();
+  int32_t holder = __atomic_load_n(&g->holder_, __ATOMIC_RELAXED);
+  return holder != 0 && tdm__private_owner_is_me((uint32_t)holder);
 }
 
 uint64_t tdm_gil_switches(tdm_gil *g) {

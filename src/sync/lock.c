@@ -65,6 +65,7 @@ __attribute__((noinline)) static int acquire_slow(tdm_lock *l, uint32_t tid, int
   bool shared = tdm__is_shared(l->flags_);
   uint32_t v = __atomic_load_n(&l->word_, __ATOMIC_RELAXED);
   if ((v & TID_MASK) == tid) return -EDEADLK;
+  if (!shared && (v & TID_MASK) != 0 && tdm__tid_was_mine((int32_t)(v & TID_MASK))) return -EDEADLK;
 
   if (timeout == 0) {
     if ((v & TID_MASK) == 0 && take_free(l, v, tid, v & WAITERS) <= 0)
@@ -108,6 +109,8 @@ __attribute__((noinline)) static int acquire_slow(tdm_lock *l, uint32_t tid, int
 __attribute__((noinline)) static int acquire_full(tdm_lock *l, int64_t timeout) {
   uint32_t tid = (uint32_t)tdm__tid();
   bool rob = robust(l);
+  /* A shared lock taken by a thread whose death the kernel would not report is not robust. */
+  if (tdm__is_shared(l->flags_) && !rob) return -ENOTSUP;
   if (rob) tdm__robust_pending(&l->robust_next_);
   uint32_t zero = 0;
   int r = 0;

@@ -78,10 +78,19 @@ void tdm__lock_release(tdm_lock *l);
 /* Initialises a lock core with a given magic (plain locks, RLocks and internal locks). */
 int tdm__lock_init_as(tdm_lock *l, int flags, uint32_t magic);
 
+/*
+ * True when `owner` (a thread id from a private object's word) is the calling thread: its id,
+ * or the id it had before a fork made it a child's thread (a private object is the child's copy).
+ */
+static inline bool tdm__private_owner_is_me(uint32_t owner) {
+  return owner == (uint32_t)tdm__tid() || (owner != 0 && tdm__tid_was_mine((int32_t)owner));
+}
+
 /* True when the calling thread holds the lock core. */
 static inline bool tdm__lock_held(const tdm_lock *l) {
-  uint32_t w = __atomic_load_n(&l->word_, __ATOMIC_RELAXED);
-  return (w & TDM__FUTEX_TID_MASK) == (uint32_t)tdm__tid();
+  uint32_t owner = __atomic_load_n(&l->word_, __ATOMIC_RELAXED) & TDM__FUTEX_TID_MASK;
+  if (owner == (uint32_t)tdm__tid()) return true;
+  return !tdm__is_shared(l->flags_) && owner != 0 && tdm__tid_was_mine((int32_t)owner);
 }
 
 /*

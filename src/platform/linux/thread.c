@@ -3,9 +3,10 @@
  *
  * The kernel thread id is needed on every lock acquisition (it is the lock word), and gettid()
  * is a system call, so it is cached in an initial-exec TLS slot. fork() gives the child a new
- * id for the same TLS memory, so a pthread_atfork child handler clears the cache; the handler is
- * registered by a constructor with the highest priority of the library, so it runs before any
- * other child handler of tandem's that might take a lock.
+ * id for the same TLS memory, so a pthread_atfork child handler clears the cache, after noting
+ * the old id in a short history (private locks the thread held when it forked carry that id);
+ * the handler is registered by a constructor with the highest priority of the library, so it
+ * runs before any other child handler of tandem's that might take a lock.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -28,7 +29,19 @@ bool tdm__is_main_thread(void) {
   return tdm__tid() == (int32_t)getpid();
 }
 
+#define HISTORY 8
+static __thread int32_t tid_history[HISTORY];
+
+bool tdm__tid_was_mine(int32_t tid) {
+  for (int i = 0; i < HISTORY; i++)
+    if (tid_history[i] == tid && tid != 0) return true;
+  return false;
+}
+
+/* In the child of fork(): remember the id the thread had, then look the new one up. */
 static void forget_tid(void) {
+  memmove(&tid_history[1], &tid_history[0], sizeof tid_history - sizeof tid_history[0]);
+  tid_history[0] = tdm__tid_tls;
   tdm__tid_tls = 0;
 }
 
