@@ -223,8 +223,7 @@ void tdm_rlock_fini(tdm_rlock *l) {
   __atomic_store_n(&l->lock_.magic_, 0, __ATOMIC_RELAXED);
 }
 
-int tdm_rlock_acquire(tdm_rlock *l, int64_t timeout) {
-  TDM__CHECK(&l->lock_, TDM__RLOCK_MAGIC, "tdm_rlock_acquire");
+__attribute__((noinline)) static int rlock_acquire_full(tdm_rlock *l, int64_t timeout) {
   if (tdm__lock_held(&l->lock_)) {
     if (l->count_ == UINT32_MAX) return -EAGAIN;
     l->count_++;
@@ -235,11 +234,49 @@ int tdm_rlock_acquire(tdm_rlock *l, int64_t timeout) {
   return r;
 }
 
-void tdm_rlock_release(tdm_rlock *l) {
-  TDM__CHECK(&l->lock_, TDM__RLOCK_MAGIC, "tdm_rlock_release");
+__attribute__((noinline)) static void rlock_release_full(tdm_rlock *l) {
   TDM__REQUIRE(tdm__lock_held(&l->lock_),
                "tdm_rlock_release: recursive lock %p is not held by this thread", (void *)l);
   if (--l->count_ == 0) release(&l->lock_);
+}
+
+/*
+ * The common cases stay small leaf functions: another level of a lock the caller holds, a free
+ * private lock, and the release of a level or of a private lock without waiters.
+ */
+int tdm_rlock_acquire(tdm_rlock *l, int64_t timeout) {
+  TDM__CHECK(&l->lock_, TDM__RLOCK_MAGIC, "tdm_rlock_acquire");
+  uint32_t tid = (uint32_t)tdm__tid();
+  uint32_t w = __atomic_load_n(&l->lock_.word_, __ATOMIC_RELAXED);
+  if ((w & TID_MASK) == tid) {
+    if (l->count_ != UINT32_MAX) {
+      l->count_++;
+      return 0;
+    }
+  } else if (w == 0 && !tdm__is_shared(l->lock_.flags_) &&
+             __atomic_compare_exchange_n(&l->lock_.word_, &w, tid, false, __ATOMIC_ACQUIRE,
+                                         __ATOMIC_RELAXED)) {
+    l->count_ = 1;
+    return 0;
+  }
+  return rlock_acquire_full(l, timeout);
+}
+
+void tdm_rlock_release(tdm_rlock *l) {
+  TDM__CHECK(&l->lock_, TDM__RLOCK_MAGIC, "tdm_rlock_release");
+  uint32_t owner = __atomic_load_n(&l->lock_.word_, __ATOMIC_RELAXED) & TID_MASK;
+  if (owner == (uint32_t)tdm__tid()) {
+    if (l->count_ > 1) {
+      l->count_--;
+      return;
+    }
+    if (!tdm__is_shared(l->lock_.flags_)) {
+      l->count_ = 0;
+      release(&l->lock_);
+      return;
+    }
+  }
+  rlock_release_full(l);
 }
 
 bool tdm_rlock_held(const tdm_rlock *l) {
