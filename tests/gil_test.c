@@ -10,21 +10,6 @@
 
 #include "runner.h"
 
-static double scale(void) {
-  const char *s = getenv("TDM_TEST_TIMEOUT_SCALE");
-  return s != NULL && atof(s) > 0 ? atof(s) : 1.0;
-}
-
-#define WAIT_UNTIL(cond)                                                              \
-  do {                                                                                \
-    int64_t until_ = tdm_clock_now() + (int64_t)(TDM_S(20) * scale());                \
-    while (!(cond)) {                                                                 \
-      if (tdm_clock_now() > until_)                                                   \
-        tdm_test_fail(__FILE__, __LINE__, "WAIT_UNTIL(%s) never became true", #cond); \
-      tdm_clock_sleep(TDM_MS(1));                                                     \
-    }                                                                                 \
-  } while (0)
-
 static tdm_thread *spawn(tdm_thread_fn fn, void *arg) {
   tdm_thread *t;
   CHECK_OK(tdm_thread_start(&t, fn, arg, NULL));
@@ -132,25 +117,9 @@ struct sleeper {
   int waiter_ready;
 };
 
-static int32_t gettid_(void) {
-  return (int32_t)syscall(SYS_gettid);
-}
-
-static bool asleep(int32_t tid) {
-  char path[64], buf[256];
-  snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
-  FILE *f = fopen(path, "r");
-  if (f == NULL) return false;
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  char *p = strrchr(buf, ')');
-  return p != NULL && p[2] == 'S';
-}
-
 static void gil_waiter(void *arg) {
   struct sleeper *s = arg;
-  __atomic_store_n(&s->waiter_tid, gettid_(), __ATOMIC_SEQ_CST);
+  __atomic_store_n(&s->waiter_tid, tdm_test_gettid(), __ATOMIC_SEQ_CST);
   __atomic_store_n(&s->waiter_ready, 1, __ATOMIC_SEQ_CST);
   tdm_gil_acquire(s->gil);
   s->seen_phase = __atomic_load_n(&s->phase, __ATOMIC_SEQ_CST);
@@ -164,7 +133,7 @@ TEST(gil_sleep_releases_the_gil) {
   tdm_gil_acquire(&g);
   tdm_thread *t = spawn(gil_waiter, &s);
   WAIT_UNTIL(__atomic_load_n(&s.waiter_ready, __ATOMIC_SEQ_CST) &&
-             asleep(__atomic_load_n(&s.waiter_tid, __ATOMIC_SEQ_CST)));
+             tdm_test_thread_sleeping(__atomic_load_n(&s.waiter_tid, __ATOMIC_SEQ_CST)));
   __atomic_store_n(&s.phase, 1, __ATOMIC_SEQ_CST);
   CHECK_ERR(tdm_gil_sleep(&g, -1), -EINVAL);
   CHECK(tdm_gil_held(&g));

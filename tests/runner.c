@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -197,6 +198,34 @@ void tdm_test_expect_abort(void (*fn)(void *arg), void *arg, const char *message
     tdm_test_fail(file, line, "abort message lacks \"%s\": %s", message, buf);
 }
 
+int32_t tdm_test_gettid(void) {
+  return (int32_t)syscall(SYS_gettid);
+}
+
+/* The scheduler state in a /proc/.../stat file: the letter after the command's ')'. */
+static char state_of(const char *path) {
+  char buf[512];
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return '?';
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  char *p = strrchr(buf, ')');
+  return p != NULL && p[1] == ' ' ? p[2] : '?';
+}
+
+bool tdm_test_thread_sleeping(int32_t tid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
+  return state_of(path) == 'S';
+}
+
+bool tdm_test_process_sleeping(pid_t pid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  return state_of(path) == 'S';
+}
+
 /* ---- The runner ------------------------------------------------------------------------------ */
 
 struct slot {
@@ -212,7 +241,7 @@ static int64_t now_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static double timeout_scale(void) {
+double tdm_test_timeout_scale(void) {
   const char *s = getenv("TDM_TEST_TIMEOUT_SCALE");
   double v = s != NULL ? atof(s) : 1.0;
   return v > 0 ? v : 1.0;
@@ -248,7 +277,7 @@ static int start_case(struct slot *s, int index, const char *self) {
   s->pid = pid;
   s->out = out;
   s->start_ns = now_ns();
-  s->deadline_ns = s->start_ns + (int64_t)(t * timeout_scale() * 1e9);
+  s->deadline_ns = s->start_ns + (int64_t)(t * tdm_test_timeout_scale() * 1e9);
   return 0;
 }
 

@@ -120,6 +120,34 @@ void tdm_test_expect_abort(void (*fn)(void *arg), void *arg, const char *message
 #define EXPECT_ABORT(fn, arg, message) \
   tdm_test_expect_abort((fn), (arg), (message), __FILE__, __LINE__)
 
+/* The factor TDM_TEST_TIMEOUT_SCALE puts on every timeout (1 when unset). */
+double tdm_test_timeout_scale(void);
+
+/*
+ * Polls `cond` every millisecond and fails the case when it stays false for 20 s (times the
+ * timeout scale). For waiting until another thread or process reaches a state, never for
+ * measuring time.
+ */
+#define WAIT_UNTIL(cond)                                                                        \
+  do {                                                                                          \
+    int64_t until_ = tdm_clock_now() + (int64_t)((double)TDM_S(20) * tdm_test_timeout_scale()); \
+    while (!(cond)) {                                                                           \
+      if (tdm_clock_now() > until_)                                                             \
+        tdm_test_fail(__FILE__, __LINE__, "WAIT_UNTIL(%s) never became true", #cond);           \
+      tdm_clock_sleep(TDM_MS(1));                                                               \
+    }                                                                                           \
+  } while (0)
+
+/* The calling thread's kernel id. */
+int32_t tdm_test_gettid(void);
+
+/*
+ * True when the thread `tid` of this process, or the process `pid`, is asleep ('S' in /proc):
+ * how a case knows that a waiter is parked in the kernel rather than merely about to wait.
+ */
+bool tdm_test_thread_sleeping(int32_t tid);
+bool tdm_test_process_sleeping(pid_t pid);
+
 /* A small, fast, per-call-site random generator for stress cases (xorshift64*). */
 static inline uint64_t tdm_test_rand(uint64_t *state) {
   uint64_t x = *state;

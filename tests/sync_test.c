@@ -16,50 +16,6 @@
 
 /* ---- Helpers --------------------------------------------------------------------------------- */
 
-static double scale(void) {
-  const char *s = getenv("TDM_TEST_TIMEOUT_SCALE");
-  return s != NULL && atof(s) > 0 ? atof(s) : 1.0;
-}
-
-/* Polls `cond` every millisecond; fails the case when it stays false for 20 s (times the scale). */
-#define WAIT_UNTIL(cond)                                                              \
-  do {                                                                                \
-    int64_t until_ = tdm_clock_now() + (int64_t)(TDM_S(20) * scale());                \
-    while (!(cond)) {                                                                 \
-      if (tdm_clock_now() > until_)                                                   \
-        tdm_test_fail(__FILE__, __LINE__, "WAIT_UNTIL(%s) never became true", #cond); \
-      tdm_clock_sleep(TDM_MS(1));                                                     \
-    }                                                                                 \
-  } while (0)
-
-/* The scheduler state of a thread of this process, or of a process: 'R', 'S', ... */
-static char state_of(const char *path) {
-  char buf[512];
-  FILE *f = fopen(path, "r");
-  if (f == NULL) return '?';
-  size_t n = fread(buf, 1, sizeof buf - 1, f);
-  fclose(f);
-  buf[n] = '\0';
-  char *p = strrchr(buf, ')');
-  return p != NULL && p[1] == ' ' ? p[2] : '?';
-}
-
-static bool thread_sleeping(int32_t tid) {
-  char path[64];
-  snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
-  return state_of(path) == 'S';
-}
-
-static bool process_sleeping(pid_t pid) {
-  char path[64];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-  return state_of(path) == 'S';
-}
-
-static int32_t gettid_(void) {
-  return (int32_t)syscall(SYS_gettid);
-}
-
 static void kill_and_reap(pid_t pid) {
   kill(pid, SIGKILL);
   int status = tdm_test_wait(pid);
@@ -321,7 +277,7 @@ struct killer {
 
 static void kill_when_asleep(void *arg) {
   struct killer *k = arg;
-  WAIT_UNTIL(thread_sleeping(k->victim_tid));
+  WAIT_UNTIL(tdm_test_thread_sleeping(k->victim_tid));
   kill(k->target, SIGKILL);
 }
 
@@ -329,7 +285,7 @@ TEST(lock_owner_death_wakes_a_sleeping_waiter) {
   struct shared *s = shared_new();
   pid_t p = tdm_test_fork(take_and_hang, s);
   CHECK_OK(tdm_event_wait(&s->event, TDM_FOREVER));
-  struct killer k = { gettid_(), p };
+  struct killer k = { tdm_test_gettid(), p };
   tdm_thread *t = spawn(kill_when_asleep, &k);
   /* Asleep in the futex when the owner dies: the kernel must wake us. */
   CHECK_ERR(tdm_lock_acquire(&s->lock, TDM_FOREVER), -EOWNERDEAD);
@@ -355,7 +311,7 @@ TEST(lock_owner_death_with_many_waiting_processes) {
   for (int i = 0; i < 4; i++)
     w[i] = tdm_test_fork(wait_for_lock_child, s);
   for (int i = 0; i < 4; i++)
-    WAIT_UNTIL(process_sleeping(w[i]));
+    WAIT_UNTIL(tdm_test_process_sleeping(w[i]));
   kill_and_reap(owner);
   for (int i = 0; i < 4; i++)
     tdm_test_wait_ok(w[i]);
@@ -612,7 +568,7 @@ TEST(locks_held_across_fork) {
   CHECK_OK(tdm_rlock_acquire(&f.private_rlock, 0));
   CHECK_OK(tdm_lock_acquire(&s->lock, 0));
   pid_t p = tdm_test_fork(child_of_lock_holder, &f);
-  WAIT_UNTIL(process_sleeping(p)); /* waiting for the shared lock */
+  WAIT_UNTIL(tdm_test_process_sleeping(p)); /* waiting for the shared lock */
   tdm_lock_release(&s->lock);
   tdm_test_wait_ok(p);
   CHECK(tdm_lock_held(&f.private_lock)); /* the parent's own copies are untouched */
@@ -838,7 +794,7 @@ struct waiters {
 static void cond_waiter(void *arg) {
   struct waiters *w = arg;
   CHECK_OK(tdm_lock_acquire(&w->lock, TDM_FOREVER));
-  w->tids[w->registered++] = gettid_();
+  w->tids[w->registered++] = tdm_test_gettid();
   int gen = w->generation;
   /* One wait only: a notify must end it (there are no spurious returns to absorb here). */
   CHECK_OK(tdm_cond_wait(&w->cond, &w->lock, TDM_FOREVER));
@@ -851,7 +807,7 @@ static bool all_asleep(struct waiters *w, int n) {
   CHECK_OK(tdm_lock_acquire(&w->lock, TDM_FOREVER));
   bool ok = w->registered == n;
   for (int i = 0; ok && i < n; i++)
-    ok = thread_sleeping(w->tids[i]);
+    ok = tdm_test_thread_sleeping(w->tids[i]);
   tdm_lock_release(&w->lock);
   return ok;
 }
@@ -986,8 +942,8 @@ TEST(cond_killed_waiter_does_not_wedge_the_others) {
   pid_t w[3];
   for (int i = 0; i < 3; i++)
     w[i] = tdm_test_fork(shared_cond_waiter, s);
-  WAIT_UNTIL(s->ready == 3 && process_sleeping(w[0]) && process_sleeping(w[1]) &&
-             process_sleeping(w[2]));
+  WAIT_UNTIL(s->ready == 3 && tdm_test_process_sleeping(w[0]) && tdm_test_process_sleeping(w[1]) &&
+             tdm_test_process_sleeping(w[2]));
   kill_and_reap(w[1]);
   CHECK_OK(tdm_lock_acquire(&s->lock, TDM_FOREVER));
   s->turn++;
@@ -998,7 +954,7 @@ TEST(cond_killed_waiter_does_not_wedge_the_others) {
   /* And it still works for new waiters. */
   s->ready = 0;
   pid_t again = tdm_test_fork(shared_cond_waiter, s);
-  WAIT_UNTIL(s->ready == 1 && process_sleeping(again));
+  WAIT_UNTIL(s->ready == 1 && tdm_test_process_sleeping(again));
   CHECK_OK(tdm_lock_acquire(&s->lock, TDM_FOREVER));
   s->turn++;
   tdm_cond_notify(&s->cond, 1);
@@ -1021,7 +977,7 @@ static void cond_waiter_sees_owner_death(void *arg) {
 TEST(cond_wait_reports_a_lock_owner_that_died) {
   struct shared *s = shared_new();
   pid_t waiter = tdm_test_fork(cond_waiter_sees_owner_death, s);
-  WAIT_UNTIL(s->ready == 1 && process_sleeping(waiter));
+  WAIT_UNTIL(s->ready == 1 && tdm_test_process_sleeping(waiter));
   pid_t owner = tdm_test_fork(take_and_hang, s); /* takes s->lock and hangs */
   CHECK_OK(tdm_event_wait(&s->event, TDM_FOREVER));
   tdm_cond_notify_all(&s->cond); /* the waiter now waits for the lock */
@@ -1100,7 +1056,7 @@ struct sem_waiters {
 static void sem_waiter(void *arg) {
   struct sem_waiters *w = arg;
   int slot = __atomic_fetch_add(&w->slots, 1, __ATOMIC_SEQ_CST);
-  __atomic_store_n(&w->tids[slot], gettid_(), __ATOMIC_SEQ_CST);
+  __atomic_store_n(&w->tids[slot], tdm_test_gettid(), __ATOMIC_SEQ_CST);
   __atomic_fetch_add(&w->registered, 1, __ATOMIC_SEQ_CST);
   CHECK_OK(tdm_sem_acquire(&w->sem, TDM_FOREVER));
   __atomic_fetch_add(&w->passed, 1, __ATOMIC_SEQ_CST);
@@ -1109,7 +1065,7 @@ static void sem_waiter(void *arg) {
 static bool sem_all_asleep(struct sem_waiters *w, int n) {
   if (__atomic_load_n(&w->registered, __ATOMIC_SEQ_CST) != n) return false;
   for (int i = 0; i < n; i++)
-    if (!thread_sleeping(__atomic_load_n(&w->tids[i], __ATOMIC_SEQ_CST))) return false;
+    if (!tdm_test_thread_sleeping(__atomic_load_n(&w->tids[i], __ATOMIC_SEQ_CST))) return false;
   return true;
 }
 
@@ -1194,8 +1150,8 @@ TEST(sem_killed_waiter_does_not_wedge_the_others) {
   pid_t w[3];
   for (int i = 0; i < 3; i++)
     w[i] = tdm_test_fork(sem_take_one, s);
-  WAIT_UNTIL(s->ready == 3 && process_sleeping(w[0]) && process_sleeping(w[1]) &&
-             process_sleeping(w[2]));
+  WAIT_UNTIL(s->ready == 3 && tdm_test_process_sleeping(w[0]) && tdm_test_process_sleeping(w[1]) &&
+             tdm_test_process_sleeping(w[2]));
   kill_and_reap(w[0]);
   CHECK_OK(tdm_sem_release(&s->sem, 2));
   tdm_test_wait_ok(w[1]);
@@ -1261,7 +1217,7 @@ struct ev_arg {
 
 static void event_waiter(void *arg) {
   struct ev_arg *a = arg;
-  __atomic_store_n(&a->w->tids[a->index], gettid_(), __ATOMIC_SEQ_CST);
+  __atomic_store_n(&a->w->tids[a->index], tdm_test_gettid(), __ATOMIC_SEQ_CST);
   __atomic_fetch_add(&a->w->registered, 1, __ATOMIC_SEQ_CST);
   a->w->results[a->index] = tdm_event_wait(&a->w->event, TDM_S(30));
 }
@@ -1277,7 +1233,7 @@ static void event_waiters_run(bool clear_at_once) {
   }
   WAIT_UNTIL(__atomic_load_n(&w.registered, __ATOMIC_SEQ_CST) == 8);
   for (int i = 0; i < 8; i++)
-    WAIT_UNTIL(thread_sleeping(__atomic_load_n(&w.tids[i], __ATOMIC_SEQ_CST)));
+    WAIT_UNTIL(tdm_test_thread_sleeping(__atomic_load_n(&w.tids[i], __ATOMIC_SEQ_CST)));
   tdm_event_set(&w.event);
   if (clear_at_once) tdm_event_clear(&w.event);
   for (int i = 0; i < 8; i++)
@@ -1307,8 +1263,8 @@ TEST(event_between_processes) {
   pid_t w[3];
   for (int i = 0; i < 3; i++)
     w[i] = tdm_test_fork(event_child, s);
-  WAIT_UNTIL(s->ready == 3 && process_sleeping(w[0]) && process_sleeping(w[1]) &&
-             process_sleeping(w[2]));
+  WAIT_UNTIL(s->ready == 3 && tdm_test_process_sleeping(w[0]) && tdm_test_process_sleeping(w[1]) &&
+             tdm_test_process_sleeping(w[2]));
   kill_and_reap(w[2]); /* a waiter killed while waiting changes nothing for the others */
   tdm_event_set(&s->event);
   CHECK_OK(tdm_event_wait(&s->event2, TDM_FOREVER));
@@ -1540,7 +1496,7 @@ TEST(barrier_dead_party_times_out_then_reset_recovers) {
   CHECK_OK(tdm_barrier_init(&s->barrier, 4, TDM_SYNC_SHARED));
   /* A party that arrives and is killed while waiting. */
   pid_t victim = tdm_test_fork(barrier_party_complete, s);
-  WAIT_UNTIL(tdm_barrier_n_waiting(&s->barrier) == 1 && process_sleeping(victim));
+  WAIT_UNTIL(tdm_barrier_n_waiting(&s->barrier) == 1 && tdm_test_process_sleeping(victim));
   kill_and_reap(victim);
   pid_t p[2];
   for (int i = 0; i < 2; i++)

@@ -11,25 +11,6 @@
 
 #include "runner.h"
 
-static int32_t gettid_(void) {
-  return (int32_t)syscall(SYS_gettid);
-}
-
-static double scale(void) {
-  const char *s = getenv("TDM_TEST_TIMEOUT_SCALE");
-  return s != NULL && atof(s) > 0 ? atof(s) : 1.0;
-}
-
-#define WAIT_UNTIL(cond)                                                              \
-  do {                                                                                \
-    int64_t until_ = tdm_clock_now() + (int64_t)(TDM_S(20) * scale());                \
-    while (!(cond)) {                                                                 \
-      if (tdm_clock_now() > until_)                                                   \
-        tdm_test_fail(__FILE__, __LINE__, "WAIT_UNTIL(%s) never became true", #cond); \
-      tdm_clock_sleep(TDM_MS(1));                                                     \
-    }                                                                                 \
-  } while (0)
-
 static tdm_thread *spawn_named(tdm_thread_fn fn, void *arg, const char *name) {
   tdm_thread *t = NULL;
   tdm_thread_options o = { .name = name };
@@ -55,7 +36,7 @@ struct seen {
 static void record(void *arg) {
   struct seen *s = arg;
   s->self = tdm_thread_self();
-  s->tid = gettid_();
+  s->tid = tdm_test_gettid();
   s->ident = tdm_thread_ident(s->self);
   char path[64];
   snprintf(path, sizeof path, "/proc/self/task/%d/comm", (int)s->tid);
@@ -291,7 +272,7 @@ static void *foreign_body(void *arg) {
   CHECK(tdm_thread_self() == f->self); /* registered once */
   snprintf(f->name, sizeof f->name, "%s", tdm_thread_name(f->self));
   f->native = tdm_thread_native_id(f->self);
-  f->tid = gettid_();
+  f->tid = tdm_test_gettid();
   f->count_inside = tdm_thread_count();
   CHECK(tdm_thread_is_alive(f->self));
   return NULL;
@@ -450,7 +431,7 @@ static int32_t destroyed_by[8];
 static void destroy(void *value) {
   int i = *(int *)value;
   destroyed[i]++;
-  destroyed_by[i] = gettid_();
+  destroyed_by[i] = tdm_test_gettid();
 }
 
 struct tls_arg {
@@ -461,7 +442,7 @@ struct tls_arg {
 
 static void use_slot(void *arg) {
   struct tls_arg *a = arg;
-  a->tid = gettid_();
+  a->tid = tdm_test_gettid();
   a->seen_before = tdm_tls_get(&slot) != NULL;
   static int values[8];
   values[a->index] = a->index;
