@@ -12,6 +12,8 @@
 #
 # Variables: BUILD (build directory), SANITIZE, WERROR=1, PREFIX, JOBS.
 
+MAKEFLAGS += --no-print-directory
+
 BUILD ?= build
 SANITIZE ?=
 WERROR ?= $(TDM_WERROR)
@@ -36,8 +38,11 @@ configure:
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
+# The demo is the first thing a new user sees: build quietly, show the log only if it fails.
 demo: DEPS_GOAL = demo
-demo: build
+demo: configure
+	@echo "tandem: building in $(BUILD)/ (log: $(BUILD)/build.log)"
+	@cmake --build $(BUILD) -j $(JOBS) >$(BUILD)/build.log 2>&1 || { tail -n 40 $(BUILD)/build.log; exit 1; }
 	@$(BUILD)/examples/run-examples
 
 test: DEPS_GOAL = test
