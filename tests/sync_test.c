@@ -1575,6 +1575,86 @@ TEST(barrier_misuse_aborts) {
   EXPECT_ABORT(barrier_action_reenters, NULL, "called the barrier itself");
 }
 
+/* ---- Kills at random points in semaphores, conditions and events ------------------------------
+ */
+
+/* Loops on every lock-free primitive at once, so that a kill lands anywhere in any of them. */
+static void churn_waits(void *arg) {
+  struct shared *s = arg;
+  for (;;) {
+    if (tdm_sem_acquire(&s->sem, TDM_MS(1)) == 0) CHECK_OK(tdm_sem_release(&s->sem, 1));
+    int a = tdm_lock_acquire(&s->lock2, TDM_FOREVER);
+    CHECK(a == 0 || a == -EOWNERDEAD);
+    tdm_cond_notify(&s->cond2, 1);
+    a = tdm_cond_wait(&s->cond2, &s->lock2, TDM_MS(1));
+    CHECK(a == 0 || a == -ETIMEDOUT || a == -EOWNERDEAD);
+    tdm_lock_release(&s->lock2);
+    tdm_event_set(&s->event2);
+    tdm_event_clear(&s->event2);
+    (void)tdm_event_wait(&s->event2, TDM_MS(1));
+    __atomic_fetch_add(&s->counter, 1, __ATOMIC_SEQ_CST);
+  }
+}
+
+/* Ping-pong through the churned lock and condition. */
+static void churned_ping_pong(struct shared *s, int me) {
+  for (int i = 0; i < 2000; i++) {
+    int a = tdm_lock_acquire(&s->lock2, TDM_FOREVER);
+    CHECK(a == 0 || a == -EOWNERDEAD);
+    while (s->turn != me)
+      CHECK_OK(tdm_cond_wait(&s->cond2, &s->lock2, TDM_FOREVER));
+    s->turn = 1 - me;
+    tdm_cond_notify_all(&s->cond2);
+    tdm_lock_release(&s->lock2);
+  }
+}
+
+static void churned_child(void *arg) {
+  struct shared *s = arg;
+  churned_ping_pong(s, 1);
+  for (int i = 0; i < 20000; i++) {
+    CHECK_OK(tdm_sem_acquire(&s->sem, TDM_FOREVER));
+    CHECK_OK(tdm_sem_release(&s->sem, 1));
+  }
+  CHECK_OK(tdm_event_wait(&s->event2, TDM_FOREVER));
+}
+
+TEST_T(sem_cond_event_survive_kills_at_random_points, 120) {
+  struct shared *s = shared_new();
+  CHECK_OK(tdm_sem_init(&s->sem, 2, 2, TDM_SYNC_SHARED));
+  uint64_t seed = 7;
+  for (int round = 0; round < 100; round++) {
+    pid_t p[3];
+    for (int i = 0; i < 3; i++)
+      p[i] = tdm_test_fork(churn_waits, s);
+    long before = __atomic_load_n(&s->counter, __ATOMIC_SEQ_CST);
+    WAIT_UNTIL(__atomic_load_n(&s->counter, __ATOMIC_SEQ_CST) > before + 3);
+    tdm_clock_sleep((int64_t)(tdm_test_rand(&seed) % TDM_US(300)));
+    for (int i = 0; i < 3; i++)
+      kill_and_reap(p[i]);
+    /* A dead process keeps a permit it had taken, as with any semaphore: give them back. */
+    uint32_t v = tdm_sem_value(&s->sem);
+    CHECK(v <= 2);
+    if (v < 2) CHECK_OK(tdm_sem_release(&s->sem, 2 - v));
+  }
+  /* The same objects still work between fresh processes: nothing was wedged. */
+  int a = tdm_lock_acquire(&s->lock2, TDM_FOREVER);
+  CHECK(a == 0 || a == -EOWNERDEAD);
+  s->turn = 0;
+  tdm_lock_release(&s->lock2);
+  tdm_event_clear(&s->event2); /* a kill between set and clear may have left it set */
+  pid_t p = tdm_test_fork(churned_child, s);
+  churned_ping_pong(s, 0);
+  for (int i = 0; i < 20000; i++) {
+    CHECK_OK(tdm_sem_acquire(&s->sem, TDM_FOREVER));
+    CHECK_OK(tdm_sem_release(&s->sem, 1));
+  }
+  WAIT_UNTIL(tdm_test_process_sleeping(p));
+  tdm_event_set(&s->event2);
+  tdm_test_wait_ok(p);
+  CHECK_EQ(tdm_sem_value(&s->sem), 2);
+}
+
 /* ---- Layout ---------------------------------------------------------------------------------- */
 
 TEST(shared_layouts_are_fixed) {
