@@ -181,6 +181,10 @@ TEST(gil_stress_compute_and_sleep) {
 static void child_releases_gil(void *arg) {
   tdm_gil *g = arg;
   CHECK(tdm_gil_held(g)); /* the forking thread's GIL is its own in the child */
+  uint64_t switches = tdm_gil_switches(g);
+  tdm_gil_release(g);
+  tdm_gil_acquire(g);
+  CHECK_EQ(tdm_gil_switches(g), switches); /* the same thread, under a new id: no switch */
   tdm_gil_checkpoint(g);
   tdm_gil_release(g);
   tdm_gil_acquire(g);
@@ -213,6 +217,13 @@ static void acquire_twice(void *arg) {
   tdm_gil_acquire(&g);
 }
 
+static void sleep_unheld(void *arg) {
+  (void)arg;
+  static tdm_gil g;
+  CHECK_OK(tdm_gil_init(&g, 0));
+  tdm_gil_sleep(&g, -1); /* the missing GIL is reported before the bad duration */
+}
+
 static void fini_held(void *arg) {
   (void)arg;
   static tdm_gil g;
@@ -225,4 +236,5 @@ TEST(gil_misuse_aborts) {
   EXPECT_ABORT(release_unheld, NULL, "tdm_gil_release: GIL");
   EXPECT_ABORT(acquire_twice, NULL, "already holds GIL");
   EXPECT_ABORT(fini_held, NULL, "tdm_gil_fini: GIL");
+  EXPECT_ABORT(sleep_unheld, NULL, "tdm_gil_sleep: GIL");
 }

@@ -166,8 +166,8 @@ TDM_API void tdm_rlock_fini(tdm_rlock *l);
 
 /*
  * Acquires the lock, or adds one level when the calling thread already holds it. Returns 0,
- * -EOWNERDEAD (held at level 1, previous owner died), -ETIMEDOUT, or -EAGAIN when the level
- * would pass UINT32_MAX (nothing taken).
+ * -EOWNERDEAD (held at level 1, previous owner died), -ETIMEDOUT, -EAGAIN when the level would
+ * pass UINT32_MAX (nothing taken), or -ENOTSUP as tdm_lock_acquire().
  */
 TDM_API int tdm_rlock_acquire(tdm_rlock *l, int64_t timeout);
 
@@ -306,7 +306,8 @@ TDM_API void tdm_barrier_fini(tdm_barrier *b);
  *                while this caller waited, its action failed, or a party died while it held the
  *                barrier's internal lock (in a shared barrier; the others notice when they next
  *                take that lock: at their own timeout, or their next barrier call). It stays
- *                broken until tdm_barrier_reset().
+ *                broken until tdm_barrier_reset();
+ *   -ENOTSUP     as tdm_lock_acquire(), for a shared barrier (the other barrier calls abort).
  * A timeout of 0 means what it means in Python: unless the caller is the last to arrive, the
  * barrier breaks.
  */

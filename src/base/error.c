@@ -26,7 +26,8 @@ const char *tdm_strerror(int err) {
   /* Older C libraries: the GNU strerror_r, into a per-thread buffer (valid until the next call
    * in the same thread). */
   static __thread char buf[128];
-  return strerror_r(e, buf, sizeof buf);
+  const char *s = strerror_r(e, buf, sizeof buf);
+  return strncmp(s, "Unknown error", 13) == 0 ? "unknown error" : s;
 #endif
 }
 

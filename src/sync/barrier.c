@@ -58,21 +58,32 @@ static void break_locked(tdm_barrier *b) {
 }
 
 /*
- * Takes the internal lock. A previous holder that died may have left the state half-changed,
- * so the barrier is broken rather than trusted. The lock is already ours only when an action
- * calls its own barrier, which the contract forbids.
+ * Takes the internal lock; returns 0 or -ENOTSUP. A previous holder that died may have left the
+ * state half-changed, so the barrier is broken rather than trusted. The lock is already ours
+ * only when an action calls its own barrier, which the contract forbids. -ENOTSUP: a shared
+ * barrier used from a thread without a usable robust list (see tdm_lock_acquire).
  */
-static void enter(tdm_barrier *b) {
+static int try_enter(tdm_barrier *b) {
   int r = tdm__lock_acquire(&b->lock_, TDM_FOREVER);
   TDM__REQUIRE(r != -EDEADLK, "tdm_barrier: the action of barrier %p called the barrier itself",
                (void *)b);
+  if (r == -ENOTSUP) return r;
   if (r == -EOWNERDEAD) break_locked(b);
+  return 0;
+}
+
+/* try_enter() for the calls that cannot return a code. */
+static void enter(tdm_barrier *b) {
+  TDM__REQUIRE(try_enter(b) == 0,
+               "tdm_barrier: this thread cannot use shared barrier %p (no usable robust list)",
+               (void *)b);
 }
 
 int tdm_barrier_wait_action(tdm_barrier *b, tdm_barrier_action action, void *arg, int64_t timeout) {
   TDM__CHECK(b, TDM__BARRIER_MAGIC, "tdm_barrier_wait");
   int64_t deadline = tdm__deadline(timeout);
-  enter(b);
+  int e = try_enter(b);
+  if (e != 0) return e;
   if (b->broken_) {
     tdm__lock_release(&b->lock_);
     return TDM_EBROKEN;

@@ -54,11 +54,12 @@ static void take(tdm_gil *g, int32_t me) {
   }
   __atomic_store_n(&g->locked_, 1, __ATOMIC_RELAXED);
   __atomic_store_n(&g->holder_, me, __ATOMIC_RELAXED);
-  if (g->last_holder_ != me) {
-    g->last_holder_ = me;
+  /* The same thread after a fork (a new id) is not a new holder. */
+  if (!tdm__private_owner_is_me((uint32_t)g->last_holder_)) {
     g->switches_++;
     tdm_cond_notify_all(&g->switch_cond_);
   }
+  g->last_holder_ = me;
   /* Whoever asked for the GIL got it (or it was us, taking it back): the request is served. */
   __atomic_store_n(&g->drop_request_, 0, __ATOMIC_RELAXED);
   tdm__lock_release(&g->mutex_);
@@ -104,6 +105,9 @@ void tdm_gil_checkpoint(tdm_gil *g) {
 }
 
 int tdm_gil_sleep(tdm_gil *g, int64_t duration) {
+  TDM__CHECK(g, TDM__GIL_MAGIC, "tdm_gil_sleep");
+  TDM__REQUIRE(tdm__private_owner_is_me((uint32_t)__atomic_load_n(&g->holder_, __ATOMIC_RELAXED)),
+               "tdm_gil_sleep: GIL %p is not held by this thread", (void *)g);
   if (duration < 0) return -EINVAL;
   tdm_gil_release(g);
   tdm_clock_sleep(duration);
