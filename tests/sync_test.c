@@ -12,6 +12,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "platform/platform.h"
 #include "runner.h"
 
 /* ---- Helpers --------------------------------------------------------------------------------- */
@@ -578,6 +579,43 @@ TEST(locks_held_across_fork) {
   tdm_rlock_release(&f.private_rlock);
 }
 
+/* A thread whose robust list tandem cannot use (only a thread not made by pthread_create, which
+ * the test imitates by marking the list unusable) gets -ENOTSUP from shared locks and barriers
+ * instead of objects that would not survive its death. */
+struct unusable {
+  struct shared *s;
+  int init, lock, rlock, barrier, private_lock;
+};
+
+static void without_robust_list(void *arg) {
+  struct unusable *u = arg;
+  tdm__robust_state_tls = -1;
+  tdm_lock l;
+  u->init = tdm_lock_init(&l, TDM_SYNC_SHARED);
+  u->lock = tdm_lock_acquire(&u->s->lock, TDM_FOREVER);
+  u->rlock = tdm_rlock_acquire(&u->s->rlock, TDM_FOREVER);
+  u->barrier = tdm_barrier_wait(&u->s->barrier, TDM_FOREVER);
+  tdm_lock p;
+  CHECK_OK(tdm_lock_init(&p, TDM_SYNC_PRIVATE));
+  u->private_lock = tdm_lock_acquire(&p, 0);
+  tdm_lock_release(&p);
+}
+
+TEST(shared_locks_refuse_a_thread_without_a_robust_list) {
+  struct shared *s = shared_new();
+  CHECK_OK(tdm_barrier_init(&s->barrier, 1, TDM_SYNC_SHARED));
+  struct unusable u = { s, 1, 1, 1, 1, 1 };
+  join(spawn(without_robust_list, &u));
+  CHECK_ERR(u.init, -ENOTSUP);
+  CHECK_ERR(u.lock, -ENOTSUP);
+  CHECK_ERR(u.rlock, -ENOTSUP);
+  CHECK_ERR(u.barrier, -ENOTSUP);
+  CHECK_OK(u.private_lock);
+  CHECK(!tdm_lock_locked(&s->lock)); /* nothing was taken */
+  CHECK_OK(tdm_lock_acquire(&s->lock, 0));
+  tdm_lock_release(&s->lock);
+}
+
 /* ---- RLock ----------------------------------------------------------------------------------- */
 
 struct rholder {
@@ -611,6 +649,14 @@ TEST(rlock_levels) {
   CHECK(!tdm_rlock_held(&l));
   join(spawn(rlock_try, &h));
   CHECK_OK(h.result);
+  /* The level cannot wrap: at UINT32_MAX levels, one more is refused and nothing changes. */
+  CHECK_OK(tdm_rlock_acquire(&l, 0));
+  l.count_ = UINT32_MAX; /* reaching it by acquiring would take minutes */
+  CHECK_ERR(tdm_rlock_acquire(&l, 0), -EAGAIN);
+  CHECK_EQ(tdm_rlock_level(&l), UINT32_MAX);
+  l.count_ = 1;
+  tdm_rlock_release(&l);
+  CHECK(!tdm_rlock_held(&l));
   tdm_rlock_fini(&l);
   CHECK_ERR(tdm_rlock_init(&l, 4), -EINVAL);
 }

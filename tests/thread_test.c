@@ -497,6 +497,20 @@ TEST(join_timeout_covers_thread_local_destructors) {
   tdm_tls_fini(&slow_slot);
 }
 
+TEST(tls_slots_run_out_with_eagain) {
+  enum { MAX = 4096 };
+  static tdm_tls slots[MAX];
+  int n = 0, r = 0;
+  while (n < MAX && (r = tdm_tls_init(&slots[n], NULL)) == 0)
+    n++;
+  CHECK_ERR(r, -EAGAIN); /* the C library has a fixed number of keys (1024 in glibc) */
+  CHECK(n > 0);
+  for (int i = 0; i < n; i++)
+    tdm_tls_fini(&slots[i]);
+  CHECK_OK(tdm_tls_init(&slots[0], NULL)); /* and they come back */
+  tdm_tls_fini(&slots[0]);
+}
+
 /* ---- Timers ---------------------------------------------------------------------------------- */
 
 static void bump(void *arg) {
