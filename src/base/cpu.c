@@ -185,10 +185,10 @@ static long long hierarchy_limit(const char *root, const struct hierarchy *h, bo
   for (;;) {
     long long lim = level_limit(dir, v2);
     if (lim > 0 && (best == 0 || lim < best)) best = lim;
+    /* Up one level, but not above the mount point. */
     char *slash = strrchr(dir, '/');
     if (slash == NULL || slash < dir + base) break;
     *slash = '\0';
-    if (strlen(dir) < (size_t)base) break;
   }
   return best;
 }

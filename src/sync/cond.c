@@ -88,17 +88,27 @@ int tdm_cond_wait_rlock(tdm_cond *c, tdm_rlock *l, int64_t timeout) {
   return wait_rlock(c, l, tdm__deadline(timeout));
 }
 
+/*
+ * Python's wait_for loop, for a plain lock (`rl` NULL) or a recursive one (`rl`, whose core is
+ * `l`): the predicate is evaluated with the lock held, within one deadline.
+ */
+static int wait_for(tdm_cond *c, tdm_lock *l, tdm_rlock *rl, tdm_predicate pred, void *arg,
+                    int64_t timeout) {
+  int64_t deadline = tdm__deadline(timeout);
+  while (!pred(arg)) {
+    if (deadline != TDM__NEVER && tdm_clock_now() >= deadline) return -ETIMEDOUT;
+    int r = rl != NULL ? wait_rlock(c, rl, deadline) : tdm__cond_wait_core(c, l, deadline);
+    if (r == -EOWNERDEAD) return r;
+  }
+  return 0;
+}
+
 int tdm_cond_wait_for(tdm_cond *c, tdm_lock *l, tdm_predicate pred, void *arg, int64_t timeout) {
   TDM__CHECK(c, TDM__COND_MAGIC, "tdm_cond_wait_for");
   TDM__CHECK(l, TDM__LOCK_MAGIC, "tdm_cond_wait_for");
   TDM__REQUIRE(tdm__lock_held(l), "tdm_cond_wait_for: lock %p is not held by this thread",
                (void *)l);
-  int64_t deadline = tdm__deadline(timeout);
-  while (!pred(arg)) {
-    if (deadline != TDM__NEVER && tdm_clock_now() >= deadline) return -ETIMEDOUT;
-    if (tdm__cond_wait_core(c, l, deadline) == -EOWNERDEAD) return -EOWNERDEAD;
-  }
-  return 0;
+  return wait_for(c, l, NULL, pred, arg, timeout);
 }
 
 int tdm_cond_wait_for_rlock(tdm_cond *c, tdm_rlock *l, tdm_predicate pred, void *arg,
@@ -107,12 +117,7 @@ int tdm_cond_wait_for_rlock(tdm_cond *c, tdm_rlock *l, tdm_predicate pred, void 
   TDM__CHECK(&l->lock_, TDM__RLOCK_MAGIC, "tdm_cond_wait_for_rlock");
   TDM__REQUIRE(tdm__lock_held(&l->lock_),
                "tdm_cond_wait_for_rlock: recursive lock %p is not held by this thread", (void *)l);
-  int64_t deadline = tdm__deadline(timeout);
-  while (!pred(arg)) {
-    if (deadline != TDM__NEVER && tdm_clock_now() >= deadline) return -ETIMEDOUT;
-    if (wait_rlock(c, l, deadline) == -EOWNERDEAD) return -EOWNERDEAD;
-  }
-  return 0;
+  return wait_for(c, &l->lock_, l, pred, arg, timeout);
 }
 
 static void notify(tdm_cond *c, int n) {

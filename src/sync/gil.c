@@ -43,6 +43,12 @@ void tdm_gil_fini(tdm_gil *g) {
   __atomic_store_n(&g->magic_, 0, __ATOMIC_RELAXED);
 }
 
+/* True when the calling thread holds the GIL (under its id of before a fork, too). */
+static bool held_by_me(const tdm_gil *g) {
+  int32_t holder = __atomic_load_n(&g->holder_, __ATOMIC_RELAXED);
+  return holder != 0 && tdm__owner_is_me((uint32_t)holder, false);
+}
+
 static void take(tdm_gil *g, int32_t me) {
   tdm__lock_acquire(&g->mutex_, TDM_FOREVER);
   while (__atomic_load_n(&g->locked_, __ATOMIC_RELAXED)) {
@@ -55,7 +61,7 @@ static void take(tdm_gil *g, int32_t me) {
   __atomic_store_n(&g->locked_, 1, __ATOMIC_RELAXED);
   __atomic_store_n(&g->holder_, me, __ATOMIC_RELAXED);
   /* The same thread after a fork (a new id) is not a new holder. */
-  if (!tdm__private_owner_is_me((uint32_t)g->last_holder_)) {
+  if (!tdm__owner_is_me((uint32_t)g->last_holder_, false)) {
     g->switches_++;
     tdm_cond_notify_all(&g->switch_cond_);
   }
@@ -81,16 +87,14 @@ static void drop(tdm_gil *g, int32_t me) {
 void tdm_gil_acquire(tdm_gil *g) {
   TDM__CHECK(g, TDM__GIL_MAGIC, "tdm_gil_acquire");
   int32_t me = tdm__tid();
-  TDM__REQUIRE(!tdm__private_owner_is_me((uint32_t)__atomic_load_n(&g->holder_, __ATOMIC_RELAXED)),
-               "tdm_gil_acquire: this thread already holds GIL %p", (void *)g);
+  TDM__REQUIRE(!held_by_me(g), "tdm_gil_acquire: this thread already holds GIL %p", (void *)g);
   take(g, me);
 }
 
 void tdm_gil_release(tdm_gil *g) {
   TDM__CHECK(g, TDM__GIL_MAGIC, "tdm_gil_release");
   int32_t me = tdm__tid();
-  TDM__REQUIRE(tdm__private_owner_is_me((uint32_t)__atomic_load_n(&g->holder_, __ATOMIC_RELAXED)),
-               "tdm_gil_release: GIL %p is not held by this thread", (void *)g);
+  TDM__REQUIRE(held_by_me(g), "tdm_gil_release: GIL %p is not held by this thread", (void *)g);
   drop(g, me);
 }
 
@@ -98,16 +102,14 @@ void tdm_gil_checkpoint(tdm_gil *g) {
   if (__builtin_expect(__atomic_load_n(&g->drop_request_, __ATOMIC_RELAXED) == 0, 1)) return;
   TDM__CHECK(g, TDM__GIL_MAGIC, "tdm_gil_checkpoint");
   int32_t me = tdm__tid();
-  TDM__REQUIRE(tdm__private_owner_is_me((uint32_t)__atomic_load_n(&g->holder_, __ATOMIC_RELAXED)),
-               "tdm_gil_checkpoint: GIL %p is not held by this thread", (void *)g);
+  TDM__REQUIRE(held_by_me(g), "tdm_gil_checkpoint: GIL %p is not held by this thread", (void *)g);
   drop(g, me);
   take(g, me);
 }
 
 int tdm_gil_sleep(tdm_gil *g, int64_t duration) {
   TDM__CHECK(g, TDM__GIL_MAGIC, "tdm_gil_sleep");
-  TDM__REQUIRE(tdm__private_owner_is_me((uint32_t)__atomic_load_n(&g->holder_, __ATOMIC_RELAXED)),
-               "tdm_gil_sleep: GIL %p is not held by this thread", (void *)g);
+  TDM__REQUIRE(held_by_me(g), "tdm_gil_sleep: GIL %p is not held by this thread", (void *)g);
   if (duration < 0) return -EINVAL;
   tdm_gil_release(g);
   tdm_clock_sleep(duration);
@@ -122,8 +124,7 @@ int64_t tdm_gil_interval(const tdm_gil *g) {
 
 bool tdm_gil_held(tdm_gil *g) {
   TDM__CHECK(g, TDM__GIL_MAGIC, "tdm_gil_held");
-  int32_t holder = __atomic_load_n(&g->holder_, __ATOMIC_RELAXED);
-  return holder != 0 && tdm__private_owner_is_me((uint32_t)holder);
+  return held_by_me(g);
 }
 
 uint64_t tdm_gil_switches(tdm_gil *g) {

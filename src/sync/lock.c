@@ -53,7 +53,10 @@ int tdm__lock_init_as(tdm_lock *l, int flags, uint32_t magic) {
   return 0;
 }
 
-/* Tries to take a free word `v` (no owner, maybe OWNER_DIED or WAITERS set). */
+/*
+ * Tries to take a free word `v` (no owner, maybe OWNER_DIED or WAITERS set), leaving `keep` set.
+ * Returns 0 or -EOWNERDEAD when taken, 1 when the word changed meanwhile.
+ */
 static int take_free(tdm_lock *l, uint32_t v, uint32_t tid, uint32_t keep) {
   if (!__atomic_compare_exchange_n(&l->word_, &v, tid | keep, false, __ATOMIC_ACQUIRE,
                                    __ATOMIC_RELAXED))
@@ -64,13 +67,11 @@ static int take_free(tdm_lock *l, uint32_t v, uint32_t tid, uint32_t keep) {
 __attribute__((noinline)) static int acquire_slow(tdm_lock *l, uint32_t tid, int64_t timeout) {
   bool shared = tdm__is_shared(l->flags_);
   uint32_t v = __atomic_load_n(&l->word_, __ATOMIC_RELAXED);
-  if ((v & TID_MASK) == tid) return -EDEADLK;
-  if (!shared && (v & TID_MASK) != 0 && tdm__tid_was_mine((int32_t)(v & TID_MASK))) return -EDEADLK;
+  if (tdm__owner_is_me(v & TID_MASK, shared)) return -EDEADLK;
 
   if (timeout == 0) {
-    if ((v & TID_MASK) == 0 && take_free(l, v, tid, v & WAITERS) <= 0)
-      return (v & OWNER_DIED) ? -EOWNERDEAD : 0;
-    return -ETIMEDOUT;
+    int r = (v & TID_MASK) == 0 ? take_free(l, v, tid, v & WAITERS) : 1;
+    return r <= 0 ? r : -ETIMEDOUT;
   }
   int64_t deadline = tdm__deadline(timeout);
   /* Spin while the owner is likely to let go soon. */
@@ -93,10 +94,10 @@ __attribute__((noinline)) static int acquire_slow(tdm_lock *l, uint32_t tid, int
       v |= WAITERS;
     }
     if (tdm__futex_wait(&l->word_, v, deadline, shared) == -ETIMEDOUT) {
+      /* A last look: the lock may have come free as the time ran out. */
       v = __atomic_load_n(&l->word_, __ATOMIC_RELAXED);
-      if ((v & TID_MASK) == 0 && take_free(l, v, tid, WAITERS) <= 0)
-        return (v & OWNER_DIED) ? -EOWNERDEAD : 0;
-      return -ETIMEDOUT;
+      int r = (v & TID_MASK) == 0 ? take_free(l, v, tid, WAITERS) : 1;
+      return r <= 0 ? r : -ETIMEDOUT;
     }
     slept = true;
   }
@@ -170,12 +171,17 @@ int tdm_lock_init(tdm_lock *l, int flags) {
   return tdm__lock_init_as(l, flags, TDM__LOCK_MAGIC);
 }
 
-void tdm_lock_fini(tdm_lock *l) {
-  TDM__CHECK(l, TDM__LOCK_MAGIC, "tdm_lock_fini");
+/* Finalises a lock core of either kind; `what` names the public call for the messages. */
+static void fini_core(tdm_lock *l, uint32_t magic, const char *what) {
+  TDM__CHECK(l, magic, what);
   uint32_t v = __atomic_load_n(&l->word_, __ATOMIC_RELAXED);
-  TDM__REQUIRE((v & TID_MASK) == 0, "tdm_lock_fini: lock %p is held (by thread %u)", (void *)l,
+  TDM__REQUIRE((v & TID_MASK) == 0, "%s: lock %p is held (by thread %u)", what, (void *)l,
                v & TID_MASK);
   __atomic_store_n(&l->magic_, 0, __ATOMIC_RELAXED);
+}
+
+void tdm_lock_fini(tdm_lock *l) {
+  fini_core(l, TDM__LOCK_MAGIC, "tdm_lock_fini");
 }
 
 int tdm_lock_acquire(tdm_lock *l, int64_t timeout) {
@@ -216,11 +222,7 @@ int tdm_rlock_init(tdm_rlock *l, int flags) {
 }
 
 void tdm_rlock_fini(tdm_rlock *l) {
-  TDM__CHECK(&l->lock_, TDM__RLOCK_MAGIC, "tdm_rlock_fini");
-  uint32_t v = __atomic_load_n(&l->lock_.word_, __ATOMIC_RELAXED);
-  TDM__REQUIRE((v & TID_MASK) == 0, "tdm_rlock_fini: lock %p is held (by thread %u)", (void *)l,
-               v & TID_MASK);
-  __atomic_store_n(&l->lock_.magic_, 0, __ATOMIC_RELAXED);
+  fini_core(&l->lock_, TDM__RLOCK_MAGIC, "tdm_rlock_fini");
 }
 
 __attribute__((noinline)) static int rlock_acquire_full(tdm_rlock *l, int64_t timeout) {

@@ -79,18 +79,20 @@ void tdm__lock_release(tdm_lock *l);
 int tdm__lock_init_as(tdm_lock *l, int flags, uint32_t magic);
 
 /*
- * True when `owner` (a thread id from a private object's word) is the calling thread: its id,
- * or the id it had before a fork made it a child's thread (a private object is the child's copy).
+ * True when `owner` (a thread id recorded in an object's word, 0 for none) is the calling
+ * thread. For a private object that includes the ids the thread had before a fork made it a
+ * child's thread (the object is the child's copy); for a shared one it does not (the object is
+ * still the parent's).
  */
-static inline bool tdm__private_owner_is_me(uint32_t owner) {
-  return owner == (uint32_t)tdm__tid() || (owner != 0 && tdm__tid_was_mine((int32_t)owner));
+static inline bool tdm__owner_is_me(uint32_t owner, bool shared) {
+  if (owner == (uint32_t)tdm__tid()) return true;
+  return !shared && owner != 0 && tdm__tid_was_mine((int32_t)owner);
 }
 
 /* True when the calling thread holds the lock core. */
 static inline bool tdm__lock_held(const tdm_lock *l) {
   uint32_t owner = __atomic_load_n(&l->word_, __ATOMIC_RELAXED) & TDM__FUTEX_TID_MASK;
-  if (owner == (uint32_t)tdm__tid()) return true;
-  return !tdm__is_shared(l->flags_) && owner != 0 && tdm__tid_was_mine((int32_t)owner);
+  return tdm__owner_is_me(owner, tdm__is_shared(l->flags_));
 }
 
 /*
