@@ -53,7 +53,7 @@ static void count_with_checkpoints(void *arg) {
   tdm_gil_release(c->gil);
 }
 
-TEST(gil_excludes_and_switches) {
+TEST(gil_excludes) {
   tdm_gil g;
   CHECK_OK(tdm_gil_init(&g, TDM_US(200)));
   struct counted c = { &g, 0, 0, 300000 };
@@ -62,8 +62,8 @@ TEST(gil_excludes_and_switches) {
     t[i] = spawn(count_with_checkpoints, &c);
   for (int i = 0; i < 4; i++)
     CHECK_OK(tdm_thread_join(t[i], TDM_FOREVER));
-  CHECK_EQ(c.counter, 4 * 300000);
-  CHECK(tdm_gil_switches(&g) >= 4);
+  CHECK_EQ(c.counter, 4 * 300000);  /* no update lost: one holder at a time */
+  CHECK(tdm_gil_switches(&g) >= 4); /* every thread got it (forced switching: the next case) */
   tdm_gil_fini(&g);
 }
 
