@@ -1,0 +1,331 @@
+/*
+ * segment.c: named and anonymous shared memory segments.
+ *
+ * A named segment is a file in /dev/shm, opened directly (glibc's shm_open() does the same
+ * with the same directory) so that every descriptor is close-on-exec and no symbolic link is
+ * followed. An anonymous segment is a memfd. Either is mapped whole, MAP_SHARED, read-write,
+ * and the handle keeps the descriptor open so that it can be passed on.
+ *
+ * Reserving. tmpfs allocates pages on first touch, and a page it cannot allocate then is a
+ * SIGBUS in whatever process touches it, long after the segment was made. So the whole size is
+ * allocated when the segment is created (posix_fallocate, which tmpfs implements without
+ * writing), and a full /dev/shm is -ENOSPC from tdm_shm_create(). A size beyond the machine's
+ * memory and swap is refused before trying: tmpfs enforces its own size limit for /dev/shm,
+ * but a memfd (or an unlimited tmpfs) has none, and filling all memory would end in the OOM
+ * killer, not in an error.
+ *
+ * Names are removed by inode. A handle records the inode of its file; closing or unlinking it
+ * removes the name only while the name still refers to that inode (lstat, then unlink), so a
+ * handle whose segment someone else removed and re-created never removes the namesake. The
+ * window between the lstat and the unlink is the only one left, and only a process that
+ * removes and re-creates a name in that instant can lose its file.
+ *
+ * Creation order. The reaper is told about a new segment right after the file exists (before
+ * the reservation, which can take long for a large segment), and every failure after that
+ * removes the file and tells the reaper, so nothing is left behind by a failure, and only a
+ * death between open() and the message to the reaper (a few system calls) can leave a file.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
+
+#include "shm/shm.h"
+
+struct tdm_shm {
+  void *addr;
+  size_t size;
+  int fd;
+  bool named;
+  dev_t dev; /* the file's identity, for removal by inode */
+  ino_t ino;
+  struct tdm__shm_owner owner; /* ownership record (reaper.c) */
+  char name[];                 /* "/name" for a named segment */
+};
+
+/* Largest segment: a mapping's size must fit ptrdiff_t, a file's size off_t. */
+static size_t max_size(void) {
+  uintmax_t off_max = ((uintmax_t)1 << (sizeof(off_t) * 8 - 1)) - 1;
+  uintmax_t m = (uintmax_t)PTRDIFF_MAX < off_max ? (uintmax_t)PTRDIFF_MAX : off_max;
+  return m < SIZE_MAX ? (size_t)m : SIZE_MAX;
+}
+
+/*
+ * Checks a segment name and returns in *base its part after the optional leading slash, and
+ * in *len that part's length. Returns 0 or -EINVAL.
+ */
+static int check_name(const char *name, const char **base, size_t *len) {
+  if (name == NULL) return -EINVAL;
+  const char *b = name[0] == '/' ? name + 1 : name;
+  size_t n = strnlen(b, TDM_SHM_NAME_MAX + 1);
+  if (n == 0 || n > TDM_SHM_NAME_MAX || memchr(b, '/', n) != NULL) return -EINVAL;
+  if (strcmp(b, ".") == 0 || strcmp(b, "..") == 0) return -EINVAL;
+  *base = b;
+  *len = n;
+  return 0;
+}
+
+static void make_path(char path[TDM__SHM_PATH_MAX], const char *base) {
+  snprintf(path, TDM__SHM_PATH_MAX, "%s%s", TDM__SHM_DIR, base);
+}
+
+/* A handle with no descriptor and no mapping yet, named "/base" when base is not NULL. */
+static tdm_shm *new_handle(const char *base, size_t len) {
+  tdm_shm *s = tdm__alloc(sizeof *s + (base != NULL ? len + 2 : 0));
+  if (s == NULL) return NULL;
+  memset(s, 0, sizeof *s);
+  s->fd = -1;
+  s->addr = MAP_FAILED;
+  if (base != NULL) {
+    s->named = true;
+    s->name[0] = '/';
+    memcpy(s->name + 1, base, len);
+    s->name[len + 1] = '\0';
+    s->owner.name = s->name;
+  }
+  return s;
+}
+
+/* Closes what the handle holds and frees it; removes nothing. */
+static void free_handle(tdm_shm *s) {
+  if (s->addr != MAP_FAILED) (void)munmap(s->addr, s->size);
+  if (s->fd >= 0) (void)close(s->fd);
+  tdm__free(s);
+}
+
+static int record_identity(tdm_shm *s) {
+  struct stat st;
+  if (fstat(s->fd, &st) != 0) return -errno;
+  s->dev = st.st_dev;
+  s->ino = st.st_ino;
+  s->owner.ino = (uint64_t)st.st_ino;
+  return 0;
+}
+
+/* Removes the handle's name if it still names the handle's file. Returns 0 or -errno. */
+static int unlink_if_same(const tdm_shm *s) {
+  char path[TDM__SHM_PATH_MAX];
+  make_path(path, s->name + 1);
+  struct stat st;
+  if (lstat(path, &st) != 0) return -errno;
+  if (st.st_dev != s->dev || st.st_ino != s->ino) return -ENOENT;
+  return unlink(path) == 0 ? 0 : -errno;
+}
+
+/* Refuses a size that memory and swap together could never hold. */
+static int check_memory(size_t size) {
+  struct sysinfo si;
+  if (sysinfo(&si) != 0) return 0;
+  unsigned long long total =
+      ((unsigned long long)si.totalram + si.totalswap) * (si.mem_unit ? si.mem_unit : 1);
+  return (unsigned long long)size > total ? -ENOSPC : 0;
+}
+
+/* Allocates the whole file now, so that no page is missing at first touch. */
+static int reserve(int fd, size_t size) {
+  int r = check_memory(size);
+  if (r < 0) return r;
+  do
+    r = posix_fallocate(fd, 0, (off_t)size);
+  while (r == EINTR);
+  return -r;
+}
+
+static int map(tdm_shm *s, size_t size) {
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
+  if (p == MAP_FAILED) return -errno;
+  s->addr = p;
+  s->size = size;
+  return 0;
+}
+
+/* Maps the whole of s->fd, checking that it is a non-empty file of at least `want` bytes. */
+static int map_existing(tdm_shm *s, size_t want) {
+  struct stat st;
+  if (fstat(s->fd, &st) != 0) return -errno;
+  if (!S_ISREG(st.st_mode) || st.st_size <= 0 || (uintmax_t)st.st_size < (uintmax_t)want)
+    return -EINVAL;
+  if ((uintmax_t)st.st_size > (uintmax_t)max_size()) return -EFBIG;
+  s->dev = st.st_dev;
+  s->ino = st.st_ino;
+  s->owner.ino = (uint64_t)st.st_ino;
+  return map(s, (size_t)st.st_size);
+}
+
+static int create_named(tdm_shm *s, size_t size, unsigned mode, bool own) {
+  char path[TDM__SHM_PATH_MAX];
+  make_path(path, s->name + 1);
+  s->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+  if (s->fd < 0) return -errno;
+  int r = record_identity(s);
+  if (r == 0 && own) r = tdm__shm_own(&s->owner);
+  if (r == 0) r = reserve(s->fd, size);
+  if (r == 0) r = map(s, size);
+  if (r < 0) {
+    /* Remove the name first: a death before the reaper hears "-" still removes nothing else. */
+    (void)unlink_if_same(s);
+    tdm__shm_disown(&s->owner);
+  }
+  return r;
+}
+
+static int create_anonymous(tdm_shm *s, size_t size) {
+  s->fd = memfd_create("tandem-shm", MFD_CLOEXEC);
+  if (s->fd < 0) return -errno;
+  int r = reserve(s->fd, size);
+  if (r == 0) r = map(s, size);
+  return r;
+}
+
+int tdm_shm_create(tdm_shm **out, const char *name, size_t size, const tdm_shm_options *opt) {
+  TDM__REQUIRE(out != NULL, "tdm_shm_create: out is NULL");
+  unsigned flags = opt != NULL ? opt->flags : 0;
+  unsigned mode = opt != NULL && opt->mode != 0 ? opt->mode : 0600;
+  if ((flags & ~(TDM_SHM_OWN | TDM_SHM_NOOWN)) != 0 ||
+      (flags & (TDM_SHM_OWN | TDM_SHM_NOOWN)) == (TDM_SHM_OWN | TDM_SHM_NOOWN) ||
+      (mode & ~0777u) != 0 || size == 0)
+    return -EINVAL;
+  const char *base = NULL;
+  size_t len = 0;
+  if (name != NULL) {
+    int r = check_name(name, &base, &len);
+    if (r < 0) return r;
+  }
+  if (size > max_size()) return -EFBIG;
+
+  tdm_shm *s = new_handle(base, len);
+  if (s == NULL) return -ENOMEM;
+  int r = name != NULL ? create_named(s, size, mode, !(flags & TDM_SHM_NOOWN))
+                       : create_anonymous(s, size);
+  if (r < 0) {
+    free_handle(s);
+    return r;
+  }
+  *out = s;
+  return 0;
+}
+
+int tdm_shm_attach(tdm_shm **out, const char *name, size_t size, const tdm_shm_options *opt) {
+  TDM__REQUIRE(out != NULL, "tdm_shm_attach: out is NULL");
+  unsigned flags = opt != NULL ? opt->flags : 0;
+  if ((flags & ~(TDM_SHM_OWN | TDM_SHM_NOOWN)) != 0 ||
+      (flags & (TDM_SHM_OWN | TDM_SHM_NOOWN)) == (TDM_SHM_OWN | TDM_SHM_NOOWN))
+    return -EINVAL;
+  const char *base;
+  size_t len;
+  int r = check_name(name, &base, &len);
+  if (r < 0) return r;
+
+  tdm_shm *s = new_handle(base, len);
+  if (s == NULL) return -ENOMEM;
+  char path[TDM__SHM_PATH_MAX];
+  make_path(path, base);
+  s->fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+  if (s->fd < 0) {
+    r = errno == ELOOP || errno == EISDIR ? -EINVAL : -errno;
+  } else {
+    r = map_existing(s, size);
+    if (r == 0 && (flags & TDM_SHM_OWN)) r = tdm__shm_own(&s->owner);
+  }
+  if (r < 0) {
+    free_handle(s);
+    return r;
+  }
+  *out = s;
+  return 0;
+}
+
+/* True for a file of tmpfs (/dev/shm, memfd) or hugetlbfs. */
+static bool is_shm_file(int fd) {
+  struct statfs sf;
+  if (fstatfs(fd, &sf) != 0) return false;
+  return sf.f_type == TMPFS_MAGIC || sf.f_type == HUGETLBFS_MAGIC;
+}
+
+int tdm_shm_attach_fd(tdm_shm **out, int fd, size_t size) {
+  TDM__REQUIRE(out != NULL, "tdm_shm_attach_fd: out is NULL");
+  if (fd < 0) return -EBADF;
+  tdm_shm *s = new_handle(NULL, 0);
+  if (s == NULL) return -ENOMEM;
+  int r = 0;
+  s->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (s->fd < 0)
+    r = -errno;
+  else if (!is_shm_file(s->fd))
+    r = -EINVAL;
+  else
+    r = map_existing(s, size);
+  if (r < 0) {
+    free_handle(s);
+    return r;
+  }
+  *out = s;
+  return 0;
+}
+
+int tdm_shm_close(tdm_shm *s) {
+  if (s == NULL) return 0;
+  int r = 0;
+  if (s->named && tdm__shm_owns(&s->owner)) {
+    r = unlink_if_same(s);
+    tdm__shm_disown(&s->owner);
+  }
+  free_handle(s);
+  return r;
+}
+
+int tdm_shm_unlink(tdm_shm *s) {
+  TDM__REQUIRE(s != NULL, "tdm_shm_unlink: the handle is NULL");
+  if (!s->named) return -EINVAL;
+  int r = unlink_if_same(s);
+  tdm__shm_disown(&s->owner);
+  return r;
+}
+
+int tdm_shm_unlink_name(const char *name) {
+  const char *base;
+  size_t len;
+  int r = check_name(name, &base, &len);
+  if (r < 0) return r;
+  char path[TDM__SHM_PATH_MAX];
+  make_path(path, base);
+  return unlink(path) == 0 ? 0 : -errno;
+}
+
+int tdm_shm_own(tdm_shm *s) {
+  TDM__REQUIRE(s != NULL, "tdm_shm_own: the handle is NULL");
+  if (!s->named) return -EINVAL;
+  return tdm__shm_own(&s->owner);
+}
+
+int tdm_shm_disown(tdm_shm *s) {
+  TDM__REQUIRE(s != NULL, "tdm_shm_disown: the handle is NULL");
+  if (s->named) tdm__shm_disown(&s->owner);
+  return 0;
+}
+
+bool tdm_shm_owned(const tdm_shm *s) {
+  return s != NULL && s->named && tdm__shm_owns(&s->owner);
+}
+
+void *tdm_shm_addr(const tdm_shm *s) {
+  return s->addr;
+}
+
+size_t tdm_shm_size(const tdm_shm *s) {
+  return s->size;
+}
+
+const char *tdm_shm_name(const tdm_shm *s) {
+  return s->named ? s->name : NULL;
+}
+
+int tdm_shm_fd(const tdm_shm *s) {
+  return s->fd;
+}

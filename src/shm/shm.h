@@ -1,0 +1,55 @@
+/*
+ * shm.h (private): what segment.c and reaper.c share. segment.c makes and maps segments;
+ * reaper.c keeps the calling process's list of owned names and the reaper process that removes
+ * them when the process dies. The two meet in one record, embedded in every segment handle.
+ */
+#ifndef TDM_SHM_INTERNAL_H
+#define TDM_SHM_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "base/internal.h"
+#include "tandem/shm.h"
+
+/* Where named segments live: glibc's shm_open() uses the same directory. */
+#define TDM__SHM_DIR "/dev/shm/"
+
+/* A path in TDM__SHM_DIR for a name of up to TDM_SHM_NAME_MAX bytes, with its NUL. */
+#define TDM__SHM_PATH_MAX (sizeof TDM__SHM_DIR + TDM_SHM_NAME_MAX)
+
+/*
+ * An ownership record: one named segment handle's claim to remove `name` when this process
+ * dies. segment.c fills `name` and `ino` and never touches the rest; reaper.c links the record
+ * into the process's list of owned records while it is owned, under its own lock.
+ */
+struct tdm__shm_owner {
+  struct tdm__shm_owner *prev, *next; /* the list of owned records, under reaper.c's lock */
+  pid_t pid;                          /* the process that owns it; 0: not owned */
+  uint64_t gen;                       /* reaper.c's fork generation when it was owned */
+  uint64_t ino;                       /* the inode of the segment, so a namesake is spared */
+  const char *name;                   /* "/name", as long as the record lives */
+};
+
+/*
+ * Makes the calling process an owner of the record's segment: links it into the list and tells
+ * the reaper, which is started first if the process has none (or its reaper died). Owning an
+ * owned record is a no-op. Thread-safe.
+ * Returns 0; -ENOMEM when the reaper's table of names is full; -EAGAIN or -ENOMEM when the
+ * reaper cannot be started (fork), -EMFILE or -ENFILE (socketpair).
+ */
+int tdm__shm_own(struct tdm__shm_owner *o);
+
+/*
+ * Gives the record's ownership up (the caller removed the name, or keeps the segment): unlinks
+ * the record and tells the reaper. A record the calling process does not own (never owned, or
+ * owned by the parent of a fork) is left alone. Thread-safe; never fails: when the reaper
+ * cannot be told, it is dead and will remove nothing anyway.
+ */
+void tdm__shm_disown(struct tdm__shm_owner *o);
+
+/* True when the calling process owns the record (not a parent it was forked from). */
+bool tdm__shm_owns(const struct tdm__shm_owner *o);
+
+#endif /* TDM_SHM_INTERNAL_H */
