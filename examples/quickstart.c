@@ -15,11 +15,12 @@
  *   for p in procs: p.start()
  *   for p in procs: p.join()
  *   print(counter.value)  # 400000
+ *
+ * Run it as `quickstart fork`, `quickstart spawn` or `quickstart forkserver` to pick the start
+ * method: the children attach the segment by name, so the same code works with each.
  */
-#include <errno.h>
 #include <stdio.h>
-#include <sys/mman.h>
-#include <sys/wait.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "tandem.h"
@@ -31,41 +32,67 @@ struct shared {
   long counter;
 };
 
-static int work(struct shared *s) {
-  for (int i = 0; i < NINCS; i++) {
-    int rc = tdm_lock_acquire(&s->lock, TDM_FOREVER);
+/* Runs in each child: the argument is the segment's name. */
+static int work(void *name, size_t size) {
+  (void)size;
+  tdm_shm *seg;
+  int rc = tdm_shm_attach(&seg, name, sizeof(struct shared), NULL);
+  if (rc != 0) {
+    fprintf(stderr, "tdm_shm_attach: %s\n", tdm_strerror(rc));
+    return 1;
+  }
+  struct shared *s = tdm_shm_addr(seg);
+  for (int i = 0; i < NINCS && rc == 0; i++) {
+    rc = tdm_lock_acquire(&s->lock, TDM_FOREVER); /* 0, or -EOWNERDEAD after a crash */
     if (rc != 0) {
       fprintf(stderr, "tdm_lock_acquire: %s\n", tdm_strerror(rc));
-      return 1;
+      break;
     }
     s->counter++;
     tdm_lock_release(&s->lock);
   }
-  return 0;
+  tdm_shm_close(seg);
+  return rc != 0;
 }
 
-int main(void) {
-  struct shared *s =
-      mmap(NULL, sizeof *s, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  int rc = s == MAP_FAILED ? -errno : tdm_lock_init(&s->lock, TDM_SYNC_SHARED);
+int main(int argc, char **argv) {
+  tdm_start_method method = TDM_START_DEFAULT;
+  for (int m = TDM_START_FORK; argc > 1 && m <= TDM_START_FORKSERVER; m++)
+    if (strcmp(argv[1], tdm_start_method_name((tdm_start_method)m)) == 0)
+      method = (tdm_start_method)m;
+
+  char name[64];
+  snprintf(name, sizeof name, "/tandem-quickstart-%d", (int)getpid());
+  tdm_shm *seg; /* we create it, so we own it: it is removed when we close it or die */
+  int rc = tdm_shm_create(&seg, name, sizeof(struct shared), NULL);
+  struct shared *s = rc == 0 ? tdm_shm_addr(seg) : NULL;
+  if (rc == 0) rc = tdm_lock_init(&s->lock, TDM_SYNC_SHARED);
   if (rc != 0) {
-    fprintf(stderr, "setup: %s\n", tdm_strerror(rc)); /* also describes -errno values */
+    fprintf(stderr, "setup: %s\n", tdm_strerror(rc));
     return 1;
   }
-  int children = 0, failed = 0;
-  for (; children < NPROCS; children++) {
-    pid_t pid = fork();
-    if (pid == 0) _exit(work(s)); /* the child counts, then leaves */
-    if (pid < 0) {
-      perror("fork");
+
+  tdm_process *procs[NPROCS];
+  tdm_process_options opt = { .start = method };
+  int started = 0, failed = 0;
+  for (; started < NPROCS; started++) {
+    rc = tdm_process_start(&procs[started], work, name, strlen(name) + 1, &opt);
+    if (rc != 0) {
+      fprintf(stderr, "tdm_process_start: %s\n", tdm_strerror(rc));
       failed = 1;
       break;
     }
   }
-  while (children-- > 0) { /* reap every child that was started */
-    int status;
-    if (wait(&status) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) failed = 1;
+  for (int i = 0; i < started; i++) { /* join every child that was started */
+    int code = -1;
+    tdm_process_join(procs[i], TDM_FOREVER);
+    if (tdm_process_exitcode(procs[i], &code) != 0 || code != 0) failed = 1;
+    tdm_process_close(procs[i]);
   }
-  printf("%d processes x %d increments: counter = %ld\n", NPROCS, NINCS, s->counter);
-  return failed || s->counter != (long)NPROCS * NINCS;
+  printf("%d processes (%s) x %d increments: counter = %ld\n", NPROCS,
+         tdm_start_method_name(method == TDM_START_DEFAULT ? tdm_process_start_method() : method),
+         NINCS, s->counter);
+  failed = failed || s->counter != (long)NPROCS * NINCS;
+  tdm_shm_close(seg);
+  return failed;
 }

@@ -5,7 +5,8 @@
  *
  * Modules: base (version, CPU count, allocator), error, clock (timeouts and deadlines),
  * thread (threads, thread-local storage, timers), sync (locks, conditions, semaphores, events,
- * barriers, between threads and between processes), gil (a CPython-style GIL).
+ * barriers, between threads and between processes), gil (a CPython-style GIL), shm (shared segments with
+ * owners, shared arrays, an arena allocator), process (processes and start methods).
  */
 #ifndef TANDEM_H
 #define TANDEM_H
@@ -16,5 +17,7 @@
 #include "tandem/thread.h"
 #include "tandem/sync.h"
 #include "tandem/gil.h"
+#include "tandem/shm.h"
+#include "tandem/process.h"
 
 #endif /* TANDEM_H */

@@ -7,6 +7,7 @@
 #ifndef TDM_PLATFORM_H
 #define TDM_PLATFORM_H
 
+#include <sys/types.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -173,5 +174,59 @@ static inline void tdm__cpu_relax(void) {
 
 /* Returns the number of CPUs in the calling thread's affinity mask (>= 1). */
 int tdm__affinity_cpus(void);
+
+/* ---- Processes ------------------------------------------------------------------------------
+ *
+ * Children are watched through pidfds (Linux 5.3+): a descriptor that names one process for
+ * good, becomes readable when it ends, and can be signalled and waited on without the pid-reuse
+ * races of kill() and waitpid().
+ */
+
+/* Opens a pidfd (close-on-exec) for the process `pid`. Returns it, or a negative errno. */
+int tdm__pidfd_open(pid_t pid);
+
+/* Sends `sig` to the process behind `pidfd`. Returns 0 or a negative errno (-ESRCH: ended). */
+int tdm__pidfd_signal(int pidfd, int sig);
+
+/*
+ * Reaps the child behind `pidfd` (which must be a child of the caller). With `block` false it
+ * does not wait. Returns 1 and the exit code (>= 0 the exit status, -N killed by signal N) in
+ * *code when the child was reaped; 0 when it still runs (block false only); a negative errno
+ * (-ECHILD: not a child, or already reaped by someone else).
+ */
+int tdm__pidfd_reap(int pidfd, bool block, int *code);
+
+/*
+ * Waits until `fd` is readable (or hung up), at most until the absolute monotonic `deadline`
+ * (TDM__NEVER: no limit; EINTR does not end the wait). Returns 1 when readable, 0 at the
+ * deadline, or a negative errno.
+ */
+int tdm__wait_readable(int fd, int64_t deadline);
+
+/* The number of threads in the calling process (from /proc), or -1 when unknown. */
+int tdm__thread_count(void);
+
+/*
+ * Asks the kernel to send `sig` to the calling process when its parent thread ends
+ * (PR_SET_PDEATHSIG), and returns false when the parent `parent` is already gone, which the
+ * signal would have missed. Async-signal-safe.
+ */
+bool tdm__parent_death_signal(int sig, pid_t parent);
+
+/* Sends `fds` (n of them, at most 253) with the bytes `buf` on the socket `sock` (MSG_NOSIGNAL).
+ * Returns the number of bytes sent (possibly fewer than len) or a negative errno. */
+ssize_t tdm__send_fds(int sock, const void *buf, size_t len, const int *fds, size_t n);
+
+/*
+ * Receives at most `len` bytes and at most `max_fds` descriptors (made close-on-exec) from
+ * `sock`. Returns the number of bytes (0 at end of file) and the descriptors in fds[0..*n_fds);
+ * descriptors beyond max_fds are closed. A negative errno on failure.
+ */
+ssize_t tdm__recv_fds(int sock, void *buf, size_t len, int *fds, size_t max_fds, size_t *n_fds);
+
+/* Writes or reads exactly `len` bytes (retrying after EINTR and short transfers; MSG_NOSIGNAL).
+ * Returns 0, -EPIPE at end of file, or a negative errno. */
+int tdm__send_all(int sock, const void *buf, size_t len);
+int tdm__recv_all(int sock, void *buf, size_t len);
 
 #endif /* TDM_PLATFORM_H */
