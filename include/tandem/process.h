@@ -21,8 +21,11 @@
  * its offset in that object, and the child resolves the pair. The child is recognised by a
  * constructor of libtandem, which runs the function before the program's main() and before the
  * program's own constructors, then exits: a program needs no "if __name__ == '__main__'"
- * guard. Libraries that the program links are initialised by then; code that depends on
- * the program's own constructors must not run as a spawn or forkserver task.
+ * guard. The program must link libtandem (a program that loads it with dlopen() would run its
+ * main() in a spawned child). By the time the task runs, the libraries libtandem depends on are
+ * initialised, and so are those glibc initialises before it (with glibc, libraries named after
+ * -ltandem on the link line; a library named before it that does not depend on it may not be):
+ * a task must not rely on constructors that run later.
  *
  * Exit. A child exits with the function's return value (its low 8 bits) after flushing stdio;
  * it does not run the parent's atexit handlers. The exit code follows Python: >= 0 is the exit
@@ -33,14 +36,19 @@
  * sentinel. A daemon child runs in a process group of its own and dies with its parent, even
  * when the parent is SIGKILLed: it watches a pipe whose other end only the parent holds, and a
  * thread of the child kills the child's whole group (its descendants too) when that pipe
- * closes; PR_SET_PDEATHSIG is the kernel's second guard. A daemon may not start children of its
- * own. A non-daemon child outlives its parent unless joined or killed.
+ * closes; PR_SET_PDEATHSIG stands in when that thread cannot be made. A daemon may not start
+ * children of its own. A non-daemon child outlives its parent unless joined or killed.
+ *
+ * The forkserver is a child of the program (it ends when the program does): a program that
+ * loops on wait(NULL) until it fails would wait for it too.
  *
  * Fork safety. Between fork and exec the child makes only async-signal-safe calls.
- * Descriptors: children inherit the caller's standard streams and the descriptors named in
- * pass_fds; the caller's other descriptors stay closed in spawn and forkserver children only if
- * they are close-on-exec (tandem's own always are). After fork() by the program itself, handles
- * inherited from the parent are dead in the child: use them only to close them.
+ * Descriptors: every child gets the caller's standard streams and the descriptors named in
+ * pass_fds. A fork child inherits every descriptor; a spawn child every one that is not
+ * close-on-exec (tandem's own always are); a forkserver child no others. A forkserver child's
+ * environment and working directory are the caller's as they were when the forkserver started.
+ * After fork() by the program itself, handles inherited from the parent are dead in the child:
+ * join, exitcode and the signal calls return -ECHILD there; use them only to close them.
  *
  * Thread safety. Every function may be called from any thread; one handle may be joined,
  * polled and signalled from several threads at once; closing it while another thread uses it is
@@ -84,7 +92,7 @@ typedef struct tdm_process_options {
   tdm_start_method start; /* TDM_START_DEFAULT: see tdm_process_start_method() */
   bool daemon;            /* dies with its parent; runs in a process group of its own */
   bool new_group;         /* a non-daemon child in a process group of its own */
-  const int *pass_fds;    /* descriptors open at the same numbers in the child */
+  const int *pass_fds;    /* descriptors open at the same numbers in the child (at most 64) */
   size_t n_pass_fds;
 } tdm_process_options;
 
@@ -92,15 +100,18 @@ typedef struct tdm_process_options {
  * Starts a child process that runs fn(copy of arg, size), and returns once the child exists
  * and (under spawn and forkserver) has found fn. On success *out is a new handle owned by the
  * caller until tdm_process_close(). Returns 0, or:
- *   -EINVAL        fn is NULL, arg is NULL with a size, an unknown start method, a bad
- *                  descriptor in pass_fds;
+ *   -EINVAL        fn is NULL, arg is NULL with a size, an unknown start method, a name
+ *                  that is empty or longer than 4096 bytes, more than 64 pass_fds or one that
+ *                  is not an open descriptor;
  *   -E2BIG         size is beyond TDM_PROCESS_ARG_MAX;
  *   TDM_EDAEMON    the caller is a daemon child (daemons may not have children);
  *   TDM_ENOTASK    spawn/forkserver: fn is not in a loaded object the child can load, or the
  *                  child could not find it there;
  *   -EAGAIN        the process limit was reached (RLIMIT_NPROC, pid_max, a cgroup's pids.max);
- *   -ENOMEM, -EMFILE, and for spawn and forkserver what exec returns (-ENOENT, -EACCES...);
- *   TDM_ECHILDINIT the child died before it could run fn.
+ *   -ENOMEM, -EMFILE, and for spawn and forkserver what exec returns (-ENOENT, -EACCES,
+ *                  -E2BIG for an environment too large...);
+ *   TDM_ECHILDINIT the child died before it could run fn;
+ *   -ENOSYS        the kernel has no pidfds (Linux before 5.3).
  * On failure no child is left: none was made, or the one that was made was reaped.
  */
 TDM_API int tdm_process_start(tdm_process **out, tdm_process_fn fn, const void *arg, size_t size,
@@ -182,7 +193,11 @@ TDM_API size_t tdm_process_active_children(tdm_process **out, size_t cap);
  */
 TDM_API const char *tdm_process_current_name(void);
 
-/* Sets the calling process's name (copied; also the name ps shows). 0, -EINVAL, -ENOMEM. */
+/*
+ * Sets the calling process's name (copied). Called from the main thread, it is also the name
+ * ps shows (its first 15 bytes). Returns 0, or -EINVAL for NULL, "" or 256 bytes or more. Not
+ * while another thread reads tdm_process_current_name().
+ */
 TDM_API int tdm_process_set_name(const char *name);
 
 /*

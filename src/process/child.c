@@ -158,9 +158,9 @@ static tdm_process_fn resolve(const char *object, uint64_t offset) {
 
 _Noreturn void tdm__child_boot(int channel) {
   struct tdm__boot b;
-  int fds[1 + TDM__PASS_FDS_MAX];
+  int fds[1 + TDM__BOOT_FDS_MAX];
   size_t n_fds = 0;
-  ssize_t got = tdm__recv_fds(channel, &b, sizeof b, fds, 1 + TDM__PASS_FDS_MAX, &n_fds);
+  ssize_t got = tdm__recv_fds(channel, &b, sizeof b, fds, 1 + TDM__BOOT_FDS_MAX, &n_fds);
   if (got <= 0) _exit(127);
   if ((size_t)got < sizeof b &&
       tdm__recv_all(channel, (char *)&b + got, sizeof b - (size_t)got) != 0)
@@ -177,7 +177,7 @@ _Noreturn void tdm__child_boot(int channel) {
 
   bool daemon = (b.flags & TDM__BOOT_DAEMON) != 0;
   size_t first_pass = daemon ? 1 : 0;
-  if (b.role != TDM__ROLE_TASK || n_fds != first_pass + b.n_pass || b.n_pass > TDM__PASS_FDS_MAX ||
+  if (b.role != TDM__ROLE_TASK || n_fds != first_pass + b.n_pass || b.n_pass > TDM__BOOT_FDS_MAX ||
       b.object_len > 4096 || b.name_len > 4096)
     boot_fail(channel, -EPROTO);
   char object[4097], name[4097];

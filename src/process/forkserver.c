@@ -20,6 +20,7 @@
  * socket and joins on it.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -118,7 +119,7 @@ static int request(int child_channel, int status) {
 }
 
 int tdm__start_forkserver(tdm_process *p, const struct tdm__task *t) {
-  int fds[1 + TDM__PASS_FDS_MAX];
+  int fds[1 + TDM__PASS_FDS_MAX + 3];
   size_t n = 0;
   uint32_t flags = TDM__BOOT_JOINPG | (t->group ? TDM__BOOT_GROUP : 0);
   if (t->daemon) {
@@ -126,6 +127,22 @@ int tdm__start_forkserver(tdm_process *p, const struct tdm__task *t) {
     if (r != 0) return r;
     flags |= TDM__BOOT_DAEMON;
   }
+  /* The child gets the caller's standard streams as they are now (not the forkserver's), unless
+   * pass_fds says otherwise. */
+  struct tdm__task with_stdio = *t;
+  int targets[TDM__PASS_FDS_MAX + 3];
+  size_t n_targets = 0;
+  for (int std = 0; std <= 2; std++) {
+    bool passed = false;
+    for (size_t i = 0; i < t->n_pass; i++)
+      passed = passed || t->pass_fds[i] == std;
+    if (!passed && fcntl(std, F_GETFD) >= 0) targets[n_targets++] = std;
+  }
+  for (size_t i = 0; i < t->n_pass; i++)
+    targets[n_targets++] = t->pass_fds[i];
+  with_stdio.pass_fds = targets;
+  with_stdio.n_pass = n_targets;
+  t = &with_stdio;
   for (size_t i = 0; i < t->n_pass; i++)
     fds[n++] = t->pass_fds[i];
 
@@ -189,9 +206,31 @@ static void answer(int status, int result, pid_t pid, int pidfd) {
   (void)tdm__send_fds(status, &rep, sizeof rep, &pidfd, pidfd >= 0 ? 1 : 0);
 }
 
+/* Closes every descriptor from `low` up. */
+static void close_from(int low) {
+  if (close_range((unsigned)low, ~0U, 0) == 0) return;
+  long max = sysconf(_SC_OPEN_MAX); /* kernels before 5.9 have no close_range */
+  for (long fd = low; fd < (max > 0 ? max : 65536); fd++)
+    close((int)fd);
+}
+
 _Noreturn void tdm__forkserver_main(int cmd, bool pdeath, pid_t parent) {
   tdm__set_os_thread_name("tdm-forkserver");
   (void)setpgid(0, 0);
+  /* Hold nothing of the caller's but the command socket (and stderr, for diagnostics): each
+   * child gets the caller's standard streams with its boot message. */
+  if (cmd != 3) {
+    if (dup2(cmd, 3) < 0) _exit(1);
+    close(cmd);
+    cmd = 3;
+  }
+  close_from(4);
+  int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null >= 0) {
+    dup2(null, 0);
+    dup2(null, 1);
+    close(null);
+  }
   if (pdeath && !tdm__parent_death_signal(SIGKILL, parent)) _exit(0);
   struct kid *kids = NULL;
   size_t n = 0, cap = 0;
@@ -238,7 +277,7 @@ _Noreturn void tdm__forkserver_main(int cmd, bool pdeath, pid_t parent) {
     pid_t pid = fork();
     if (pid == 0) {
       if (fds[0] != 3 && dup2(fds[0], 3) < 0) _exit(127);
-      close_range(4, ~0U, 0);
+      close_from(4);
       tdm__child_boot(3);
     }
     close(fds[0]);

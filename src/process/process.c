@@ -137,6 +137,7 @@ int tdm_process_start(tdm_process **out, tdm_process_fn fn, const void *arg, siz
     return -EINVAL;
   for (size_t i = 0; i < opt->n_pass_fds; i++)
     if (opt->pass_fds[i] < 0 || fcntl(opt->pass_fds[i], F_GETFD) < 0) return -EINVAL;
+  if (opt->name != NULL && (opt->name[0] == '\0' || strlen(opt->name) > 4096)) return -EINVAL;
   if (tdm_process_is_daemon()) return TDM_EDAEMON;
 
   struct tdm__task t = { .fn = fn,
@@ -224,21 +225,23 @@ static int collect(tdm_process *p, bool block) {
       int code, r = tdm__pidfd_reap(p->pidfd, block, &code);
       if (r == 1) {
         p->exitcode = code;
-        p->state = TDM__ENDED;
+        tdm__store(&p->state, TDM__ENDED);
       } else if (r < 0) {
-        p->state = TDM__LOST; /* reaped by someone else's wait() */
+        tdm__store(&p->state, TDM__LOST); /* reaped by someone else's wait() */
       }
-    } else {
+    } else if (!p->orphaned) {
       if (block) (void)tdm__wait_readable(p->status_fd, TDM__NEVER);
       int32_t code;
       ssize_t n = recv(p->status_fd, &code, sizeof code, MSG_DONTWAIT);
       if (n == (ssize_t)sizeof code) {
         p->exitcode = code;
-        p->state = TDM__ENDED;
+        tdm__store(&p->state, TDM__ENDED);
       } else if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-        p->state = TDM__LOST; /* the forkserver died before it could tell */
+        tdm__store(&p->orphaned,
+                   true); /* the forkserver died: from now on, the pidfd says when it ends */
       }
     }
+    if (p->orphaned && tdm__wait_readable(p->pidfd, 0) == 1) tdm__store(&p->state, TDM__LOST);
   }
   int state = p->state;
   pthread_mutex_unlock(&p->mu);
@@ -248,12 +251,16 @@ static int collect(tdm_process *p, bool block) {
 int tdm_process_join(tdm_process *p, int64_t timeout) {
   check(p);
   if (foreign(p)) return -ECHILD;
-  if (tdm__load(&p->state) != TDM__RUNNING) return 0;
-  int fd = p->status_fd >= 0 ? p->status_fd : p->pidfd;
-  int r = tdm__wait_readable(fd, tdm__deadline(timeout));
-  if (r < 0) return r;
-  if (r == 0) return -ETIMEDOUT;
-  collect(p, true);
+  int64_t deadline = tdm__deadline(timeout);
+  while (tdm__load(&p->state) == TDM__RUNNING) {
+    /* A forkserver child is joined on the socket where the forkserver reports its exit, unless
+     * the forkserver died: then on its pidfd, and its exit code is lost. */
+    bool on_status = p->status_fd >= 0 && !tdm__load(&p->orphaned);
+    int r = tdm__wait_readable(on_status ? p->status_fd : p->pidfd, deadline);
+    if (r < 0) return r;
+    if (r == 0) return -ETIMEDOUT;
+    collect(p, true);
+  }
   return 0;
 }
 

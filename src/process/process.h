@@ -35,8 +35,10 @@ enum { TDM__ROLE_TASK = 1, TDM__ROLE_FORKSERVER = 2 };
 #define TDM__BOOT_PDEATH 0x4u /* forkserver: its parent thread is the main thread */
 #define TDM__BOOT_JOINPG 0x8u /* forkserver child: join the process group parent_pgid */
 
-/* At most this many descriptors in tdm_process_options.pass_fds. */
+/* At most this many descriptors in tdm_process_options.pass_fds (a forkserver child gets the
+ * standard streams too: TDM__BOOT_FDS_MAX in all). */
 #define TDM__PASS_FDS_MAX 64
+#define TDM__BOOT_FDS_MAX (TDM__PASS_FDS_MAX + 3)
 
 /*
  * The boot message, parent to child over a stream socket: this header (with the descriptors,
@@ -75,7 +77,8 @@ struct tdm_process {
   tdm_start_method method;
   bool daemon;
   bool group;
-  int state; /* TDM__RUNNING, ENDED, LOST; under mu */
+  int state;     /* TDM__RUNNING, ENDED, LOST; under mu */
+  bool orphaned; /* a forkserver child whose forkserver died: no exit code will come */
   int exitcode;
   char *name;
   pthread_mutex_t mu; /* serialises collecting the exit */

@@ -56,9 +56,10 @@ int tdm__start_fork(tdm_process *p, const struct tdm__task *t) {
   tdm__forking_task = true;
   pid_t pid = fork();
   if (pid == 0) {
+    tdm__forking_task = false;
     tdm__child_setup(t->name, t->daemon, t->group, parent, tdm__inherited_death_rd);
     if (!t->daemon && tdm__inherited_death_rd >= 0) close(tdm__inherited_death_rd);
-    tdm__child_exit(t->fn((void *)(uintptr_t)t->arg, t->size));
+    tdm__child_exit(t->fn(t->size > 0 ? (void *)(uintptr_t)t->arg : NULL, t->size));
   }
   tdm__forking_task = false;
   if (pid < 0) return -errno;
