@@ -2,18 +2,21 @@
  * shm_test.c: shared memory segments and their owners, across real processes: create, attach
  * and share (named, anonymous, by descriptor, through fork and exec); who removes a segment and
  * when (close, unlink, hand-over, an owner killed with SIGKILL or exiting without closing, a
- * forked child of an owner, a namesake made in the meantime, a reaper that was killed); bad
- * input, a full /dev/shm, descriptor leaks and failed allocations.
+ * forked child of an owner, a namesake made in the meantime, a reaper that was killed); that the
+ * reaper is a fresh exec of the program, sharing no memory with its owner (and a fork where it
+ * cannot be); bad input, a full /dev/shm, descriptor leaks and failed allocations.
  *
  * Every case names its segments "/tdm-test-<pid>-<tag>-<n>", so cases never meet, and checks
  * /dev/shm itself to see whether a segment exists.
  */
 #include <dirent.h>
 #include <fcntl.h>
+#include <link.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -756,6 +759,147 @@ TEST(dead_reaper_is_replaced) {
   CHECK(exists(sh->names[0]) && exists(sh->names[1]));
   kill_and_reap(owner);
   WAIT_UNTIL(!exists(sh->names[0]) && !exists(sh->names[1]));
+}
+
+/* An owner whose memory is large before its first owned segment. */
+struct big_owner {
+  volatile int ready, skip;
+  volatile pid_t reaper;
+  volatile uintptr_t start, end; /* the owner's private region */
+  char name[NAME_LEN];
+};
+
+#define BIG_REGION ((size_t)64 << 20)
+
+static void owner_with_a_big_region(void *arg) {
+  struct big_owner *b = arg;
+  /* The reaper's intermediate parent exits at once: as a subreaper we adopt the reaper. */
+  CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+  char *big = mmap(NULL, BIG_REGION, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  CHECK(big != MAP_FAILED);
+  memset(big, 0x5a, BIG_REGION);
+  create(b->name, 4096); /* the first owned segment: starts the reaper */
+  pid_t kids[8];
+  int n = children(kids, 8);
+  if (n < 0) {
+    b->skip = 1;
+    b->ready = 1;
+    return;
+  }
+  CHECK_EQ(n, 1);
+  /* Written again after the start: a forked reaper would make the owner copy all of it. */
+  memset(big, 0xa5, BIG_REGION);
+  b->start = (uintptr_t)big;
+  b->end = (uintptr_t)big + BIG_REGION;
+  b->reaper = kids[0];
+  b->ready = 1;
+}
+
+/* The value of `field` ("VmRSS:") in /proc/PID/status, in kB; -1 if missing. */
+static long status_kb(pid_t pid, const char *field) {
+  char path[64], buf[256];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  CHECK(f != NULL);
+  long kb = -1;
+  while (fgets(buf, sizeof buf, f) != NULL)
+    if (strncmp(buf, field, strlen(field)) == 0) kb = atol(buf + strlen(field));
+  fclose(f);
+  return kb;
+}
+
+TEST(reaper_is_a_fresh_exec_sharing_no_memory) {
+  struct big_owner *b = tdm_test_shared(sizeof *b);
+  unique(b->name, "exec");
+  pid_t owner = fork_lingering(owner_with_a_big_region, b);
+  WAIT_UNTIL(b->ready);
+  if (b->skip) {
+    kill_and_reap(owner);
+    tdm_shm_unlink_name(b->name);
+    tdm_test_skip("/proc/self/task/TID/children is missing");
+  }
+  char path[64], buf[512];
+  /* The same program file, started again, under the reaper's own name. */
+  struct stat mine, its;
+  snprintf(path, sizeof path, "/proc/%d/exe", (int)b->reaper);
+  CHECK(stat(path, &its) == 0);
+  CHECK(stat("/proc/self/exe", &mine) == 0);
+  CHECK(its.st_dev == mine.st_dev && its.st_ino == mine.st_ino);
+  /* Nothing of the owner's address space: not even the mapping of its region. */
+  snprintf(path, sizeof path, "/proc/%d/maps", (int)b->reaper);
+  FILE *f = fopen(path, "r");
+  CHECK(f != NULL);
+  int lines = 0;
+  while (fgets(buf, sizeof buf, f) != NULL) {
+    unsigned long lo, hi;
+    CHECK(sscanf(buf, "%lx-%lx", &lo, &hi) == 2);
+    CHECK(hi <= b->start || lo >= b->end);
+    lines++;
+  }
+  fclose(f);
+  CHECK(lines > 0);
+  /* And its resident memory is its own start-up's, far below the owner's region. */
+  long rss = status_kb(b->reaper, "VmRSS:");
+  CHECK(rss > 0);
+  CHECK(rss < (long)(BIG_REGION / 1024 / 2));
+  CHECK(status_kb(owner, "VmRSS:") >= (long)(BIG_REGION / 1024));
+  /* Named as the exec named it. */
+  snprintf(path, sizeof path, "/proc/%d/cmdline", (int)b->reaper);
+  f = fopen(path, "r");
+  CHECK(f != NULL);
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  CHECK(n == sizeof "tdm-shm-reaper" && memcmp(buf, "tdm-shm-reaper", n) == 0);
+
+  kill_and_reap(owner);
+  WAIT_UNTIL(!exists(b->name));
+}
+
+/* The dynamic loader named in this program's PT_INTERP, or NULL for a static program. */
+static int find_interp(struct dl_phdr_info *info, size_t size, void *data) {
+  (void)size;
+  const char **interp = data;
+  for (int i = 0; i < info->dlpi_phnum; i++)
+    if (info->dlpi_phdr[i].p_type == PT_INTERP)
+      *interp = (const char *)(info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
+  return 1;
+}
+
+TEST(owner_started_through_the_loader_still_has_a_reaper) {
+  /* "ld.so program": /proc/self/exe is the loader, so the reaper cannot exec the program; it
+   * stays a fork of the owner, and works the same. */
+  const char *interp = NULL;
+  dl_iterate_phdr(find_interp, &interp);
+  if (interp == NULL) tdm_test_skip("a static program has no dynamic loader");
+  char self[4096];
+  ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+  CHECK(len > 0);
+  self[len] = '\0';
+  char names[2][NAME_LEN];
+  unique(names[0], "loader");
+  unique(names[1], "loader");
+  int fds[2];
+  CHECK(pipe2(fds, O_CLOEXEC) == 0);
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    dup2(fds[1], STDOUT_FILENO);
+    char *argv[] = {
+      (char *)interp, self, "--helper", "owner_then_sleep", names[0], names[1], NULL
+    };
+    execv(interp, argv);
+    _exit(127);
+  }
+  close(fds[1]);
+  char buf[16] = { 0 };
+  CHECK(read(fds[0], buf, sizeof buf - 1) > 0);
+  close(fds[0]);
+  CHECK(strcmp(buf, "ready\n") == 0);
+  CHECK(exists(names[0]) && exists(names[1]));
+  kill_and_reap(pid);
+  WAIT_UNTIL(!exists(names[0]) && !exists(names[1]));
 }
 
 /* ---- Bad input and resource limits ----------------------------------------------------------- */

@@ -16,7 +16,9 @@
  * exit, exec): each owning process has a small reaper process of its own, started with its
  * first owned segment, that holds the list of names and unlinks them when the owner's end of a
  * socket closes. The reaper is not a child of the owner (waitpid(-1) never sees it), sits in a
- * session of its own (terminal signals do not reach it) and lives until the owner is gone.
+ * session of its own (terminal signals do not reach it) and lives until the owner is gone. It
+ * is a fresh exec of the program (its main() never runs there), so it shares none of the
+ * owner's memory: the owner's later writes to its heap cost no copies.
  * Attaching a segment does not take ownership unless TDM_SHM_OWN is asked for, so an attacher
  * that exits never removes a segment that others still use (Python's resource_tracker problem,
  * gh-82300, does not exist here). Ownership can be handed over: the new owner calls
@@ -78,8 +80,8 @@ typedef struct tdm_shm_options {
  * -EFBIG when size is beyond what a file or the address space can hold; -ENOSPC when /dev/shm
  * (or the memory behind a memfd) cannot hold the segment, or the size exceeds the machine's
  * memory and swap; -ENOMEM (also when the reaper's table of owned names, 1 MiB, is full);
- * -EAGAIN when the reaper process cannot be started; -EMFILE, -ENFILE, -EACCES. On failure
- * nothing is left behind: no file in /dev/shm, no mapping, no descriptor.
+ * -EAGAIN when the reaper process cannot be started (fork or exec); -EMFILE, -ENFILE, -EACCES.
+ * On failure nothing is left behind: no file in /dev/shm, no mapping, no descriptor.
  */
 TDM_API int tdm_shm_create(tdm_shm **out, const char *name, size_t size,
                            const tdm_shm_options *opt);
@@ -136,8 +138,8 @@ TDM_API int tdm_shm_unlink_name(const char *name);
  * closes the handle or dies. Owning an owned handle changes nothing. Starts the process's
  * reaper if it has none (or if its reaper was killed). Thread-safe.
  * Returns 0; -EINVAL for a segment without a name (anonymous, or attached by descriptor);
- * -EAGAIN or -ENOMEM when the reaper process cannot be started; -ENOMEM when its table of
- * names is full; -EMFILE or -ENFILE.
+ * -EAGAIN or -ENOMEM when the reaper process cannot be started (fork or exec); -ENOMEM when
+ * its table of names is full; -EMFILE or -ENFILE.
  */
 TDM_API int tdm_shm_own(tdm_shm *s);
 

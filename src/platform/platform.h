@@ -229,4 +229,70 @@ ssize_t tdm__recv_fds(int sock, void *buf, size_t len, int *fds, size_t max_fds,
 int tdm__send_all(int sock, const void *buf, size_t len);
 int tdm__recv_all(int sock, void *buf, size_t len);
 
+/* ---- Shared memory ---------------------------------------------------------------------------
+ *
+ * Named segments are files in TDM__SHM_DIR, a tmpfs (the directory glibc's shm_open() uses);
+ * anonymous ones are memfds. The reaper of src/shm/reaper.c is a fresh exec of the program,
+ * started through two forks: the calls below that a fork child makes before exec are marked
+ * async-signal-safe.
+ */
+
+/* Where named segments live, with its trailing slash. */
+#define TDM__SHM_DIR "/dev/shm/"
+
+/*
+ * Creates an anonymous shared memory file (a memfd, close-on-exec) of size 0; `name` only
+ * labels it in /proc. Returns the descriptor, owned by the caller, or a negative errno
+ * (-EMFILE, -ENFILE, -ENOMEM; -ENOSYS before Linux 3.17).
+ */
+int tdm__memfd_create(const char *name);
+
+/* Returns true when `fd` is a file of a memory file system (tmpfs, as /dev/shm and memfds are,
+ * or hugetlbfs): one whose pages are shared memory, not a disk file's cache. */
+bool tdm__is_shm_fd(int fd);
+
+/* Returns the machine's memory and swap together, in bytes; 0 when it cannot be known. */
+uint64_t tdm__memory_total(void);
+
+/*
+ * fork() without the pthread_atfork handlers (_Fork, HAVE__FORK), so a child of a
+ * multithreaded process runs no handler that could wait on a lock held by a thread that does
+ * not exist in it. Async-signal-safe. Without _Fork it is fork(), which runs the handlers and
+ * is not async-signal-safe: call it only from a single-threaded process (a fork child) whose
+ * handlers find their locks free. Returns as fork() does.
+ */
+pid_t tdm__fork_raw(void);
+
+/*
+ * Closes every descriptor numbered `first` or above (close_range, HAVE_CLOSE_RANGE, or the
+ * system call, or one by one up to the descriptor limit on a kernel older than 5.9).
+ * Async-signal-safe.
+ */
+void tdm__close_from(int first);
+
+/*
+ * Replaces the calling process with a fresh start of the program it runs (/proc/self/exe,
+ * which stays the same file when the program's path is replaced or removed), with argument
+ * vector `argv` and environment `envp`. Returns only on failure, with a negative errno.
+ * Async-signal-safe. See tdm__exec_self_plan() for whether the new image runs a given
+ * library's constructors.
+ */
+int tdm__exec_self(char *const argv[], char *const envp[]);
+
+/*
+ * Tells whether tdm__exec_self() starts a program that runs the constructors of the loaded
+ * object that contains `addr` (the program itself, or a shared library) before main(), so that
+ * a constructor can take over the new process. Returns
+ *    0  yes: the object is part of the program, or one of the libraries loaded with it;
+ *    1  only if the object is preloaded (LD_PRELOAD): the program loaded it later (dlopen), or
+ *       loaded it deep in its dependencies; its absolute path is then in `path` (`size` bytes);
+ *   -ENOTSUP never: /proc/self/exe is not the program (a program started by naming the
+ *       dynamic loader, or without /proc), or a static program dlopen()ed the object;
+ *   -ENAMETOOLONG: its path does not fit in `path`, or holds a space or a colon (which
+ *       LD_PRELOAD takes for separators); -ENOENT: its path cannot be resolved.
+ * Call it from the object's constructor, while the working directory is still the one the
+ * object was loaded from, so that a relative path resolves to that object.
+ */
+int tdm__exec_self_plan(const void *addr, char *path, size_t size);
+
 #endif /* TDM_PLATFORM_H */

@@ -38,21 +38,42 @@
  * intermediate by its pid, and the reaper, an orphan, goes to init (or to the nearest
  * subreaper). The owner blocks every signal in the forking thread around the fork, so no
  * handler of the program's runs in the new processes before the reaper has reset them. From
- * the fork on, the intermediate and the reaper call only async-signal-safe functions and use
- * only static buffers: the owner may have many threads, and a fork child of a threaded process
- * can find any lock (malloc's, stdio's) held forever. The intermediate forks with _Fork(),
- * which runs no atfork handler. The reaper then calls setsid() (a session of its own: a Ctrl-C
- * or SIGHUP aimed at the terminal's process group does not reach it), moves to "/" (it holds no
- * mount busy), keeps only its socket (as descriptor 0: close_range() closes every other one, so
- * it holds no pipe or socket of the owner's open), sets its signals to their defaults and
- * ignores SIGHUP, SIGINT, SIGQUIT, SIGTERM and SIGPIPE (a "kill everybody" SIGTERM must not
- * take it before its owner: only end-of-file ends it; SIGKILL still does), names itself
- * "tdm-shm-reaper", and sends the ready byte.
+ * the fork to the exec, the intermediate and the reaper call only async-signal-safe functions
+ * and use only memory prepared before the fork: the owner may have many threads, and a fork
+ * child of a threaded process can find any lock (malloc's, stdio's) held forever. The
+ * intermediate forks with tdm__fork_raw() (_Fork), which runs no atfork handler. The reaper
+ * then calls setsid() (a session of its own: a Ctrl-C or SIGHUP aimed at the terminal's process
+ * group does not reach it), moves its socket to descriptor REAPER_FD and /dev/null to 0, 1 and
+ * 2, closes every other descriptor (so that it holds no pipe or socket of the owner's open),
+ * sets its signals to their defaults and ignores SIGHUP, SIGINT, SIGQUIT, SIGTERM and SIGPIPE
+ * (a "kill everybody" SIGTERM must not take it before its owner: only end-of-file ends it;
+ * SIGKILL still does; ignored signals stay ignored across exec), and execs the program again
+ * (/proc/self/exe) with the argument vector { "tdm-shm-reaper" } and an environment of
+ * TANDEM_REAPER=<REAPER_FD> and, when the owner has them, the dynamic loader's LD_LIBRARY_PATH
+ * and LD_PRELOAD, so that the new image finds the same libraries. The owner builds both arrays
+ * before the fork. In the new image, the library constructor at the end of this file finds
+ * TANDEM_REAPER (with that argv[0], and a socket on that descriptor), removes it from the
+ * environment, moves to "/" (it holds no mount busy), sets its signals again (another
+ * library's constructor may have installed handlers), names itself "tdm-shm-reaper", sends the
+ * ready byte and runs the loop above; it never returns to main(). So the ready byte also tells
+ * the owner that the exec worked: when it fails, the reaper _exit()s, the owner reads
+ * end-of-file and gets -EAGAIN, and nothing is left behind.
  *
- * The cost: one process per owning process, idle in read() for the owner's lifetime; and,
- * because it is a fork, it shares (copy-on-write) the pages the owner had when it started, so
- * the owner's later writes to its memory of that time are copied once. Owning the first
- * segment early, before the heap grows, keeps that small.
+ * Why exec. A fork that never execs shares, copy-on-write, every page the owner had at the
+ * fork, for as long as it lives: each later write of the owner's to that memory copies the
+ * page, so a 1 GiB process that owns a segment and then rewrites its heap would use 2 GiB.
+ * The exec'd reaper shares nothing with its owner but the program's files, and its own memory
+ * is the program's start-up and the table's pages that hold names. The cost: one idle process
+ * per owning process, for the owner's lifetime, and two forks and an exec at the first owned
+ * segment (and again if the reaper is killed).
+ *
+ * Which program. The new image must load libtandem at start-up, or the program's main() would
+ * run in it. The constructor asks tdm__exec_self_plan() once, while the library is being
+ * loaded: a program that links libtandem loads it again by itself; for a program that loaded
+ * it with dlopen() (Python through ctypes), the library's absolute path is added to LD_PRELOAD.
+ * Where no exec of /proc/self/exe can run tandem (a program started by naming the dynamic
+ * loader, a static program that dlopen()ed libtandem, no /proc), the reaper does not exec: it
+ * runs the loop right after its set-up, as a fork, with the copy-on-write cost above.
  *
  * Fork. The child of an owner is not an owner: the child handler closes the inherited socket
  * (so the reaper still sees end-of-file when the owner dies), empties the list and starts a new
@@ -66,11 +87,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -85,7 +107,13 @@
 /* The longest line, with its NUL: op, 16 hex digits, space, slash, name, newline. */
 #define LINE_BYTES (1 + 16 + 1 + 1 + TDM_SHM_NAME_MAX + 1 + 1)
 
-/* ---- The reaper process: async-signal-safe, static memory only ------------------------------- */
+/* ---- The reaper process: async-signal-safe up to the exec, static memory only ---------------- */
+
+/* The reaper's socket: this descriptor in the new image, named by TANDEM_REAPER=<REAPER_FD>. */
+#define REAPER_FD        3
+#define REAPER_FD_STRING "3"
+#define REAPER_ENV       "TANDEM_REAPER"
+#define REAPER_NAME      "tdm-shm-reaper" /* the new image's argv[0], and the process's name */
 
 static char table[TABLE_BYTES]; /* entries "<ino hex> /<name>\n", packed */
 static size_t table_used;
@@ -159,18 +187,6 @@ static void reap_all(void) {
   }
 }
 
-static void close_from(int first) {
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
-  if (close_range((unsigned)first, ~0u, 0) == 0) return;
-#endif
-  /* A kernel older than 5.9: close them one by one. */
-  struct rlimit rl;
-  rlim_t max = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? rl.rlim_cur : 65536;
-  if (max > (rlim_t)1 << 20) max = (rlim_t)1 << 20;
-  for (rlim_t fd = (rlim_t)first; fd < max; fd++)
-    (void)close((int)fd);
-}
-
 static void reset_signals(void) {
   struct sigaction dfl, ign, old;
   memset(&dfl, 0, sizeof dfl);
@@ -193,21 +209,17 @@ static void reset_signals(void) {
   (void)sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-_Noreturn static void reaper_main(int fd) {
-  (void)setsid();
+/* The reaper's life after its set-up (and exec): ready byte, the loop, then the removals. */
+_Noreturn static void reaper_run(int fd) {
   (void)chdir("/");
-  if (fd != 0) {
-    if (dup2(fd, 0) < 0) _exit(1);
-  }
-  close_from(1);
   reset_signals();
-  /* glibc names the calling thread with one prctl(): safe here. */
-  tdm__set_os_thread_name("tdm-shm-reaper");
+  /* glibc names the calling thread with one prctl(): safe where there was no exec too. */
+  tdm__set_os_thread_name(REAPER_NAME);
   char ready = 'R';
-  (void)write(0, &ready, 1);
+  (void)write(fd, &ready, 1);
 
   for (;;) {
-    ssize_t n = read(0, input, sizeof input);
+    ssize_t n = read(fd, input, sizeof input);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break; /* end-of-file: the owner is gone (or, for an error, we cannot know) */
     for (ssize_t i = 0; i < n; i++) {
@@ -227,6 +239,35 @@ _Noreturn static void reaper_main(int fd) {
   }
   reap_all();
   _exit(0);
+}
+
+/*
+ * The reaper, right after the second fork: sets itself up with async-signal-safe calls only and
+ * execs the program again (envp NULL: runs on without exec). Never returns.
+ */
+_Noreturn static void reaper_start(int fd, char *const *argv, char *const *envp) {
+  (void)setsid();
+  /* The socket to REAPER_FD, inherited by the exec (dup2 clears close-on-exec on the copy). */
+  if (fd == REAPER_FD) {
+    if (fcntl(fd, F_SETFD, 0) != 0) _exit(127);
+  } else if (dup2(fd, REAPER_FD) < 0) {
+    _exit(127);
+  }
+  /* The standard descriptors on /dev/null: never the owner's terminal or pipes. */
+  int null = open("/dev/null", O_RDWR);
+  for (int i = 0; i < 3; i++) {
+    if (null < 0)
+      (void)close(i);
+    else if (null != i)
+      (void)dup2(null, i);
+  }
+  tdm__close_from(REAPER_FD + 1);
+  reset_signals();
+  if (envp != NULL) {
+    (void)tdm__exec_self(argv, envp);
+    _exit(127); /* the owner reads end-of-file instead of the ready byte */
+  }
+  reaper_run(REAPER_FD);
 }
 
 /* ---- The owner's side ------------------------------------------------------------------------ */
@@ -288,16 +329,62 @@ static int send_all(int fd, const char *buf, size_t n) {
   return 0;
 }
 
-/* Forks the intermediate process, which forks the reaper on `fd` and exits. */
-static pid_t fork_reaper(int fd) {
+/*
+ * How a reaper execs this program, from tdm__exec_self_plan() in the constructor: 0, 1 (add
+ * `self_path` to LD_PRELOAD), or a negative errno (no exec: the reaper stays a fork).
+ */
+static int exec_plan = -ENOTSUP;
+static char self_path[PATH_MAX];
+
+/*
+ * Builds the new image's environment in one allocation (for tdm__free): TANDEM_REAPER, and the
+ * dynamic loader's variables of the calling process's environment, with libtandem added to
+ * LD_PRELOAD where the plan says so. *out is NULL when the reaper is not to exec. Returns 0 or
+ * -ENOMEM.
+ */
+static int make_env(char ***out) {
+  static char reaper_var[] = REAPER_ENV "=" REAPER_FD_STRING;
+  *out = NULL;
+  if (exec_plan < 0) return 0;
+  const char *lib = getenv("LD_LIBRARY_PATH");
+  const char *pre = getenv("LD_PRELOAD");
+  const char *self = exec_plan == 1 ? self_path : NULL;
+  size_t lib_n = lib != NULL ? sizeof "LD_LIBRARY_PATH=" + strlen(lib) : 0;
+  size_t pre_n = 0;
+  if (pre != NULL || self != NULL)
+    pre_n =
+        sizeof "LD_PRELOAD=:" + (pre != NULL ? strlen(pre) : 0) + (self != NULL ? strlen(self) : 0);
+  char **env = tdm__alloc(4 * sizeof *env + lib_n + pre_n);
+  if (env == NULL) return -ENOMEM;
+  char *p = (char *)(env + 4);
+  size_t k = 0;
+  env[k++] = reaper_var;
+  if (lib != NULL) {
+    snprintf(p, lib_n, "LD_LIBRARY_PATH=%s", lib);
+    env[k++] = p;
+    p += lib_n;
+  }
+  if (pre_n > 0) {
+    /* The program's own preloads first: some (a sanitizer's runtime) must come first. */
+    snprintf(p, pre_n, "LD_PRELOAD=%s%s%s", pre != NULL ? pre : "",
+             pre != NULL && self != NULL ? ":" : "", self != NULL ? self : "");
+    env[k++] = p;
+  }
+  env[k] = NULL;
+  *out = env;
+  return 0;
+}
+
+/*
+ * Forks the intermediate process, which forks the reaper on `fd` and exits. The reaper execs
+ * the program with `argv` and `envp` (NULL: it does not exec).
+ */
+static pid_t fork_reaper(int fd, char *const *argv, char *const *envp) {
   pid_t pid = fork();
   if (pid != 0) return pid;
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
-  pid_t r = _Fork();
-#else
-  pid_t r = fork(); /* the intermediate is single-threaded: its handlers find no lock held */
-#endif
-  if (r == 0) reaper_main(fd);
+  /* The intermediate is single-threaded: without _Fork, fork()'s handlers find no lock held. */
+  pid_t r = tdm__fork_raw();
+  if (r == 0) reaper_start(fd, argv, envp);
   _exit(r < 0 ? 1 : 0);
 }
 
@@ -310,14 +397,25 @@ static pid_t fork_reaper(int fd) {
  * descriptors its child must close.
  */
 static int start_locked(void) {
+  /* Everything the reaper's exec needs exists before the fork. */
+  static char arg0[] = REAPER_NAME;
+  char *argv[] = { arg0, NULL };
+  char **envp;
+  int r = make_env(&envp);
+  if (r < 0) return r;
   int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return -errno;
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    r = -errno;
+    tdm__free(envp);
+    return r;
+  }
   struct stat st;
   if (fstat(sv[0], &st) != 0) {
-    int err = -errno;
+    r = -errno;
     (void)close(sv[0]);
     (void)close(sv[1]);
-    return err;
+    tdm__free(envp);
+    return r;
   }
   owner.pending[0] = sv[0];
   owner.pending[1] = sv[1];
@@ -328,23 +426,25 @@ static int start_locked(void) {
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   forking_reaper = true;
-  pid_t pid = fork_reaper(sv[1]);
+  pid_t pid = fork_reaper(sv[1], argv, envp);
   int err = errno;
   forking_reaper = false;
   pthread_sigmask(SIG_SETMASK, &old, NULL);
+  tdm__free(envp);
 
   pthread_mutex_lock(&owner.lock);
   (void)close(sv[1]);
   owner.pending[1] = -1;
   pthread_mutex_unlock(&owner.lock);
   /*
-   * The ready byte, or end-of-file when the intermediate could not fork (once it has exited,
-   * nobody else holds sv[1]). This also works when the program's own waitpid(-1) or
-   * SIG_IGN-ed SIGCHLD reaps the intermediate before we do.
+   * The ready byte, which the reaper sends once it runs in its new image, or end-of-file when
+   * the intermediate could not fork or the exec failed (once they have exited, nobody else
+   * holds sv[1]). This also works when the program's own waitpid(-1) or SIG_IGN-ed SIGCHLD
+   * reaps the intermediate before we do.
    */
   ssize_t n = -1;
+  char c = 0;
   if (pid > 0) {
-    char c;
     do
       n = recv(sv[0], &c, 1, 0);
     while (n < 0 && errno == EINTR);
@@ -356,7 +456,7 @@ static int start_locked(void) {
   owner.pending[0] = -1;
   owner.starting = false;
   pthread_cond_broadcast(&owner.idle);
-  if (n != 1) {
+  if (n != 1 || c != 'R') {
     (void)close(sv[0]);
     return pid < 0 && err == ENOMEM ? -ENOMEM : -EAGAIN;
   }
@@ -487,6 +587,28 @@ static void fork_child(void) {
   pthread_mutex_unlock(&owner.lock);
 }
 
-__attribute__((constructor)) static void reaper_init(void) {
+/*
+ * The library constructor. In the new image of a reaper (TANDEM_REAPER names a socket, and
+ * argv[0] is the reaper's), it removes the variable and becomes the reaper: it never returns.
+ * Anywhere else it notes how a reaper would exec this program (while the working directory is
+ * the one the library was loaded from) and installs the fork handlers. child.c's constructor
+ * recognises TANDEM_BOOT the same way, in either order: a reaper's environment holds no
+ * TANDEM_BOOT, and a tandem child's no TANDEM_REAPER (no process keeps one: only a reaper's
+ * image has it, and removes it at once). glibc passes argc, argv and envp to constructors.
+ */
+__attribute__((constructor)) static void reaper_init(int argc, char **argv, char **envp) {
+  (void)envp;
+  const char *v = getenv(REAPER_ENV);
+  if (v != NULL) {
+    char *end;
+    long fd = strtol(v, &end, 10);
+    bool valid = end != v && *end == '\0' && fd >= 0 && fd <= INT32_MAX;
+    unsetenv(REAPER_ENV);
+    struct stat st;
+    if (valid && argc >= 1 && argv != NULL && argv[0] != NULL &&
+        strcmp(argv[0], REAPER_NAME) == 0 && fstat((int)fd, &st) == 0 && S_ISSOCK(st.st_mode))
+      reaper_run((int)fd);
+  }
+  exec_plan = tdm__exec_self_plan(&owner, self_path, sizeof self_path);
   pthread_atfork(fork_prepare, fork_parent, fork_child);
 }

@@ -1,10 +1,11 @@
 /*
  * segment.c: named and anonymous shared memory segments.
  *
- * A named segment is a file in /dev/shm, opened directly (glibc's shm_open() does the same
- * with the same directory) so that every descriptor is close-on-exec and no symbolic link is
- * followed. An anonymous segment is a memfd. Either is mapped whole, MAP_SHARED, read-write,
- * and the handle keeps the descriptor open so that it can be passed on.
+ * A named segment is a file in /dev/shm (TDM__SHM_DIR), opened directly (glibc's shm_open() does
+ * the same with the same directory) so that every descriptor is close-on-exec and no symbolic link
+ * is followed. An anonymous segment is a memfd. Either is mapped whole, MAP_SHARED, read-write, and
+ * the handle keeps the descriptor open so that it can be passed on. The Linux calls (memfd, the
+ * file-system test of attach_fd, the machine's memory) are behind platform.h.
  *
  * Reserving. tmpfs allocates pages on first touch, and a page it cannot allocate then is a
  * SIGBUS in whatever process touches it, long after the segment was made. So the whole size is
@@ -27,13 +28,10 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/magic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
-#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include "shm/shm.h"
@@ -120,11 +118,8 @@ static int unlink_if_same(const tdm_shm *s) {
 
 /* Refuses a size that memory and swap together could never hold. */
 static int check_memory(size_t size) {
-  struct sysinfo si;
-  if (sysinfo(&si) != 0) return 0;
-  unsigned long long total =
-      ((unsigned long long)si.totalram + si.totalswap) * (si.mem_unit ? si.mem_unit : 1);
-  return (unsigned long long)size > total ? -ENOSPC : 0;
+  uint64_t total = tdm__memory_total();
+  return total != 0 && (uint64_t)size > total ? -ENOSPC : 0;
 }
 
 /* Allocates the whole file now, so that no page is missing at first touch. */
@@ -176,9 +171,10 @@ static int create_named(tdm_shm *s, size_t size, unsigned mode, bool own) {
 }
 
 static int create_anonymous(tdm_shm *s, size_t size) {
-  s->fd = memfd_create("tandem-shm", MFD_CLOEXEC);
-  if (s->fd < 0) return -errno;
-  int r = reserve(s->fd, size);
+  int r = tdm__memfd_create("tandem-shm");
+  if (r < 0) return r;
+  s->fd = r;
+  r = reserve(s->fd, size);
   if (r == 0) r = map(s, size);
   return r;
 }
@@ -241,13 +237,6 @@ int tdm_shm_attach(tdm_shm **out, const char *name, size_t size, const tdm_shm_o
   return 0;
 }
 
-/* True for a file of tmpfs (/dev/shm, memfd) or hugetlbfs. */
-static bool is_shm_file(int fd) {
-  struct statfs sf;
-  if (fstatfs(fd, &sf) != 0) return false;
-  return sf.f_type == TMPFS_MAGIC || sf.f_type == HUGETLBFS_MAGIC;
-}
-
 int tdm_shm_attach_fd(tdm_shm **out, int fd, size_t size) {
   TDM__REQUIRE(out != NULL, "tdm_shm_attach_fd: out is NULL");
   if (fd < 0) return -EBADF;
@@ -257,7 +246,7 @@ int tdm_shm_attach_fd(tdm_shm **out, int fd, size_t size) {
   s->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (s->fd < 0)
     r = -errno;
-  else if (!is_shm_file(s->fd))
+  else if (!tdm__is_shm_fd(s->fd))
     r = -EINVAL;
   else
     r = map_existing(s, size);

@@ -11,12 +11,13 @@
 #include <sys/types.h>
 
 #include "base/internal.h"
+#include "platform/platform.h"
 #include "tandem/shm.h"
 
-/* Where named segments live: glibc's shm_open() uses the same directory. */
-#define TDM__SHM_DIR "/dev/shm/"
-
-/* A path in TDM__SHM_DIR for a name of up to TDM_SHM_NAME_MAX bytes, with its NUL. */
+/*
+ * A path in TDM__SHM_DIR (platform.h: where named segments live, the directory glibc's
+ * shm_open() uses) for a name of up to TDM_SHM_NAME_MAX bytes, with its NUL.
+ */
 #define TDM__SHM_PATH_MAX (sizeof TDM__SHM_DIR + TDM_SHM_NAME_MAX)
 
 /*
@@ -37,7 +38,7 @@ struct tdm__shm_owner {
  * the reaper, which is started first if the process has none (or its reaper died). Owning an
  * owned record is a no-op. Thread-safe.
  * Returns 0; -ENOMEM when the reaper's table of names is full; -EAGAIN or -ENOMEM when the
- * reaper cannot be started (fork), -EMFILE or -ENFILE (socketpair).
+ * reaper cannot be started (fork, exec), -EMFILE or -ENFILE (socketpair).
  */
 int tdm__shm_own(struct tdm__shm_owner *o);
 
