@@ -91,8 +91,11 @@ static void *watch_parent(void *arg) {
   return NULL;
 }
 
-void tdm__child_setup(const char *name, bool daemon, bool group, pid_t parent, int death_rd) {
-  snprintf(self.name, sizeof self.name, "%s", name);
+void tdm__child_setup(const char *name, bool daemon, bool group, pid_t parent, int death_rd,
+                      bool may_thread) {
+  size_t n = strnlen(name, sizeof self.name - 1);
+  memcpy(self.name, name, n);
+  self.name[n] = '\0';
   self.named = true;
   self.parent = parent;
   self.daemon = daemon;
@@ -102,7 +105,7 @@ void tdm__child_setup(const char *name, bool daemon, bool group, pid_t parent, i
   pthread_attr_t attr;
   pthread_t t;
   bool watching = false;
-  if (pthread_attr_init(&attr) == 0) {
+  if (may_thread && pthread_attr_init(&attr) == 0) {
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 64 * 1024);
     watching = pthread_create(&t, &attr, watch_parent, (void *)(intptr_t)death_rd) == 0;
@@ -209,7 +212,7 @@ _Noreturn void tdm__child_boot(int channel) {
 
   if (b.flags & TDM__BOOT_JOINPG) (void)setpgid(0, b.parent_pgid);
   tdm__child_setup(name, daemon, (b.flags & TDM__BOOT_GROUP) != 0, b.parent_pid,
-                   daemon ? fds[0] : -1);
+                   daemon ? fds[0] : -1, true);
   tdm_process_fn fn = resolve(object, b.offset);
   if (fn == NULL) boot_fail(channel, TDM_ENOTASK);
   struct tdm__boot_reply reply = { TDM__BOOT_MAGIC, 0 };

@@ -44,8 +44,20 @@ static struct {
   int rd, wr;
 } death = { PTHREAD_MUTEX_INITIALIZER, -1, -1 };
 
-__thread bool tdm__forking_task;
+__thread bool tdm__forking_task TDM__TLS_IE;
 int tdm__inherited_death_rd = -1;
+
+/* getpid() is a system call; the process's own pid changes only in the child of a fork. */
+static pid_t self_pid;
+
+pid_t tdm__self_pid(void) {
+  pid_t pid = tdm__load_relaxed(&self_pid);
+  if (pid == 0) {
+    pid = getpid();
+    tdm__store(&self_pid, pid);
+  }
+  return pid;
+}
 
 int tdm__death_pipe(int *rd) {
   int r = 0;
@@ -67,6 +79,7 @@ int tdm__death_pipe(int *rd) {
 /* In the child of fork(): the write end is the parent's to hold; the read end is kept only by a
  * daemon child of tdm__start_fork(), which watches it. */
 static void fork_child(void) {
+  self_pid = 0;
   pthread_mutex_init(&death.mu, NULL);
   pthread_mutex_init(&reg.mu, NULL);
   /* The parent's handles are dead here: listed nowhere, freed when closed. */
@@ -168,7 +181,7 @@ int tdm_process_start(tdm_process **out, tdm_process_fn fn, const void *arg, siz
   }
   t.name = p->name;
   p->magic = TDM__PROCESS_MAGIC;
-  p->owner = getpid();
+  p->owner = tdm__self_pid();
   p->pidfd = p->status_fd = -1;
   p->method = method;
   p->daemon = t.daemon;
@@ -213,7 +226,7 @@ static void check(const tdm_process *p) {
 
 /* A handle inherited through fork() describes a child of another process. */
 static bool foreign(const tdm_process *p) {
-  return p->owner != getpid();
+  return p->owner != tdm__self_pid();
 }
 
 /* Collects the exit when there is one; with `block`, waits for it (the caller knows it comes
@@ -361,7 +374,7 @@ int tdm_process_close(tdm_process *p) {
 
 size_t tdm_process_active_children(tdm_process **out, size_t cap) {
   size_t n = 0;
-  pid_t me = getpid();
+  pid_t me = tdm__self_pid();
   pthread_mutex_lock(&reg.mu);
   for (tdm_process *p = reg.head.next; p != &reg.head; p = p->next) {
     if (p->owner != me) continue;

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "base/internal.h"
+#include "platform/platform.h"
 #include "tandem/process.h"
 
 #define TDM__PROCESS_MAGIC TDM__MAGIC('T', 'p', 'r', 'c')
@@ -126,9 +127,11 @@ extern char **tdm__argv;
 
 /*
  * Makes the calling process a tandem child: records its name, parent and daemon status, and
- * for a daemon starts the thread that watches `death_rd`. Group: lead a process group.
+ * for a daemon starts the thread that watches `death_rd` (or, when `may_thread` is false or the
+ * thread cannot start, asks for PR_SET_PDEATHSIG). Group: lead a process group.
  */
-void tdm__child_setup(const char *name, bool daemon, bool group, pid_t parent, int death_rd);
+void tdm__child_setup(const char *name, bool daemon, bool group, pid_t parent, int death_rd,
+                      bool may_thread);
 
 /* Receives the boot message on `channel` and becomes the child it describes (a task: runs it
  * and exits; a forkserver: serves). Never returns. */
@@ -143,7 +146,10 @@ _Noreturn void tdm__child_exit(int rc);
 int tdm__death_pipe(int *rd);
 
 /* Set by tdm__start_fork() around fork(): the child keeps the death pipe's read end. */
-extern __thread bool tdm__forking_task;
+extern __thread bool tdm__forking_task TDM__TLS_IE;
+
+/* getpid(), cached (and forgotten in the child of every fork()). */
+pid_t tdm__self_pid(void);
 
 /* The read end of the parent's death pipe inherited by the child of the last fork() (if that
  * was tdm__start_fork()); -1 otherwise. */

@@ -51,13 +51,19 @@ int tdm__start_fork(tdm_process *p, const struct tdm__task *t) {
     int r = tdm__death_pipe(&death_rd);
     if (r != 0) return r;
   }
-  pid_t parent = getpid();
+  pid_t parent = tdm__self_pid();
+  /* ThreadSanitizer cannot start a thread in the child of a multithreaded fork (it kills the
+   * child): a daemon made so relies on PR_SET_PDEATHSIG alone in TSan builds. */
+  bool may_thread = true;
+#ifdef __SANITIZE_THREAD__
+  may_thread = !t->daemon || tdm__thread_count() == 1;
+#endif
   fflush(NULL);
   tdm__forking_task = true;
   pid_t pid = fork();
   if (pid == 0) {
     tdm__forking_task = false;
-    tdm__child_setup(t->name, t->daemon, t->group, parent, tdm__inherited_death_rd);
+    tdm__child_setup(t->name, t->daemon, t->group, parent, tdm__inherited_death_rd, may_thread);
     if (!t->daemon && tdm__inherited_death_rd >= 0) close(tdm__inherited_death_rd);
     tdm__child_exit(t->fn(t->size > 0 ? (void *)(uintptr_t)t->arg : NULL, t->size));
   }
@@ -150,7 +156,7 @@ int tdm__boot_exchange(int channel, uint16_t role, uint32_t flags, const struct 
   b.version = TDM__BOOT_VERSION;
   b.role = role;
   b.flags = flags;
-  b.parent_pid = (int32_t)getpid();
+  b.parent_pid = (int32_t)tdm__self_pid();
   b.parent_pgid = (int32_t)getpgrp();
   size_t object_len = 0, name_len = 0;
   if (t != NULL) {
