@@ -134,4 +134,7 @@ double bench_median(double *v, int n);
 /* Locks, conditions, semaphores and events (sync_bench.c). */
 void bench_sync_suite(bench_ctx *ctx);
 
+/* Process start + join per start method, with a small and a 1 GiB parent (process_bench.c). */
+void bench_process_suite(bench_ctx *ctx);
+
 #endif /* TDM_BENCH_H */

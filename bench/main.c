@@ -99,5 +99,6 @@ int main(int argc, char **argv) {
     return 1;
   }
   bench_sync_suite(ctx);
+  bench_process_suite(ctx);
   return bench_finish(ctx);
 }
