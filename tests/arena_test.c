@@ -17,12 +17,6 @@
 
 /* ---- Helpers --------------------------------------------------------------------------------- */
 
-static void kill_and_reap(pid_t pid) {
-  kill(pid, SIGKILL);
-  int status = tdm_test_wait(pid);
-  CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-}
-
 static tdm_thread *spawn(tdm_thread_fn fn, void *arg) {
   tdm_thread *t;
   CHECK_OK(tdm_thread_start(&t, fn, arg, NULL));
@@ -927,7 +921,7 @@ TEST_T(arena_survives_kills_at_random_points, 300) {
     pid_t p = tdm_test_fork(churn, c);
     WAIT_UNTIL(__atomic_load_n(&c->done, __ATOMIC_RELAXED) > 20);
     tdm_clock_sleep((int64_t)(tdm_test_rand(&seed) % TDM_US(300)));
-    kill_and_reap(p);
+    tdm_test_kill_and_reap(p);
 
     /* The child's recorded blocks are whole; free them (a repair, if due, happens first). */
     for (size_t k = 0; k < CHURN_SLOTS; k++) {

@@ -7,6 +7,7 @@
  * independent of signals), kills a case's whole process group when its timeout passes, and
  * after a case ends checks that its group is empty: a case that leaves processes behind fails.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -131,6 +132,22 @@ void tdm_test_wait_ok(pid_t pid) {
     tdm_test_fail(__FILE__, __LINE__, "child %d exited with status %d", (int)pid,
                   WEXITSTATUS(status));
   }
+}
+
+void tdm_test_kill_and_reap(pid_t pid) {
+  CHECK(kill(pid, SIGKILL) == 0);
+  int status = tdm_test_wait(pid);
+  CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+}
+
+int tdm_test_count_fds(void) {
+  DIR *d = opendir("/proc/self/fd");
+  CHECK(d != NULL);
+  int n = 0;
+  while (readdir(d) != NULL)
+    n++;
+  closedir(d);
+  return n - 3; /* ".", ".." and the directory's own descriptor */
 }
 
 pid_t tdm_test_spawn_helper(const char *name, char *const args[], int *out_fd) {

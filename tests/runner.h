@@ -105,6 +105,12 @@ int tdm_test_wait(pid_t pid);
 /* Waits for a child and fails the case unless it exited with status 0. */
 void tdm_test_wait_ok(pid_t pid);
 
+/* Sends SIGKILL to a child, reaps it, and fails the case unless SIGKILL is what ended it. */
+void tdm_test_kill_and_reap(pid_t pid);
+
+/* The number of descriptors the calling process has open (from /proc/self/fd). */
+int tdm_test_count_fds(void);
+
 /*
  * Starts this executable as `--helper name args...` in a child process, with stdout connected to
  * a pipe whose read end goes to *out_fd (when out_fd is not NULL).

@@ -57,16 +57,6 @@ static int count_mine(pid_t pid) {
   return n;
 }
 
-static int count_fds(void) {
-  DIR *d = opendir("/proc/self/fd");
-  CHECK(d != NULL);
-  int n = 0;
-  while (readdir(d) != NULL)
-    n++;
-  closedir(d);
-  return n - 3; /* ".", ".." and the directory's own descriptor */
-}
-
 static tdm_shm *create(const char *name, size_t size) {
   tdm_shm *s = NULL;
   CHECK_OK(tdm_shm_create(&s, name, size, NULL));
@@ -87,12 +77,6 @@ static tdm_shm *attach(const char *name, size_t size, unsigned flags) {
   CHECK_OK(tdm_shm_attach(&s, name, size, &o));
   CHECK(s != NULL);
   return s;
-}
-
-static void kill_and_reap(pid_t pid) {
-  CHECK(kill(pid, SIGKILL) == 0);
-  int status = tdm_test_wait(pid);
-  CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
 }
 
 /* Flags and scratch shared with forked children. */
@@ -479,7 +463,7 @@ TEST(sigkilled_owner_segments_vanish) {
   WAIT_UNTIL(sh->ready);
   for (int i = 0; i < 3; i++)
     CHECK(exists(sh->names[i]));
-  kill_and_reap(pid);
+  tdm_test_kill_and_reap(pid);
   WAIT_UNTIL(!exists(sh->names[0]) && !exists(sh->names[1]));
   CHECK(exists(sh->names[2])); /* created without an owner */
   CHECK_OK(tdm_shm_unlink_name(sh->names[2]));
@@ -508,7 +492,7 @@ TEST(sigkilled_exec_owner_segments_vanish) {
   CHECK(strcmp(buf, "ready\n") == 0);
   for (int i = 0; i < 3; i++)
     CHECK(exists(names[i]));
-  kill_and_reap(pid);
+  tdm_test_kill_and_reap(pid);
   WAIT_UNTIL(!exists(names[0]) && !exists(names[1]) && !exists(names[2]));
 }
 
@@ -541,7 +525,7 @@ TEST(owner_exec_removes) {
   /* The process lives on, but the program that held the handle is gone. */
   WAIT_UNTIL(!exists(name));
   CHECK(kill(pid, 0) == 0);
-  kill_and_reap(pid);
+  tdm_test_kill_and_reap(pid);
 }
 
 static void child_creates_and_returns(void *arg) {
@@ -605,11 +589,11 @@ TEST(owner_death_seen_while_its_child_lives) {
   pid_t owner = fork_lingering(owner_with_lingering_child, sh);
   WAIT_UNTIL(sh->ready);
   CHECK(exists(sh->names[0]));
-  kill_and_reap(owner);
+  tdm_test_kill_and_reap(owner);
   /* The child inherited no copy of the owner's end of the socket to its reaper. */
   WAIT_UNTIL(!exists(sh->names[0]));
   CHECK(kill(sh->pid, 0) == 0);
-  kill_and_reap(sh->pid);
+  tdm_test_kill_and_reap(sh->pid);
 }
 
 TEST(waitpid_never_sees_the_reaper) {
@@ -678,7 +662,7 @@ TEST(reaper_survives_signals_to_the_process_group) {
   CHECK(kill(0, SIGHUP) == 0);
   CHECK(kill(0, SIGUSR1) == 0);
   CHECK(kill(owner, 0) == 0);
-  kill_and_reap(owner);
+  tdm_test_kill_and_reap(owner);
   WAIT_UNTIL(!exists(sh->names[0]));
 }
 
@@ -697,7 +681,7 @@ TEST(reaper_spares_a_namesake) {
   WAIT_UNTIL(sh->ready);
   CHECK_OK(tdm_shm_unlink_name(sh->names[0]));
   tdm_shm *t = create_noown(sh->names[0], 4096);
-  kill_and_reap(owner);
+  tdm_test_kill_and_reap(owner);
   /* The reaper goes through its names in order: once the second is gone, it saw the first. */
   WAIT_UNTIL(!exists(sh->names[1]));
   CHECK(exists(sh->names[0]));
@@ -752,12 +736,12 @@ TEST(dead_reaper_is_replaced) {
   pid_t owner = fork_lingering(owner_kills_its_reaper, sh);
   WAIT_UNTIL(sh->ready);
   if (sh->skip) {
-    kill_and_reap(owner);
+    tdm_test_kill_and_reap(owner);
     tdm_shm_unlink_name(sh->names[0]);
     tdm_test_skip("/proc/self/task/TID/children is missing");
   }
   CHECK(exists(sh->names[0]) && exists(sh->names[1]));
-  kill_and_reap(owner);
+  tdm_test_kill_and_reap(owner);
   WAIT_UNTIL(!exists(sh->names[0]) && !exists(sh->names[1]));
 }
 
@@ -814,7 +798,7 @@ TEST(reaper_is_a_fresh_exec_sharing_no_memory) {
   pid_t owner = fork_lingering(owner_with_a_big_region, b);
   WAIT_UNTIL(b->ready);
   if (b->skip) {
-    kill_and_reap(owner);
+    tdm_test_kill_and_reap(owner);
     tdm_shm_unlink_name(b->name);
     tdm_test_skip("/proc/self/task/TID/children is missing");
   }
@@ -851,7 +835,7 @@ TEST(reaper_is_a_fresh_exec_sharing_no_memory) {
   fclose(f);
   CHECK(n == sizeof "tdm-shm-reaper" && memcmp(buf, "tdm-shm-reaper", n) == 0);
 
-  kill_and_reap(owner);
+  tdm_test_kill_and_reap(owner);
   WAIT_UNTIL(!exists(b->name));
 }
 
@@ -898,7 +882,7 @@ TEST(owner_started_through_the_loader_still_has_a_reaper) {
   close(fds[0]);
   CHECK(strcmp(buf, "ready\n") == 0);
   CHECK(exists(names[0]) && exists(names[1]));
-  kill_and_reap(pid);
+  tdm_test_kill_and_reap(pid);
   WAIT_UNTIL(!exists(names[0]) && !exists(names[1]));
 }
 
@@ -911,7 +895,7 @@ TEST(bad_names_sizes_flags) {
   unique(name, "bad");
   /* Once first: the reaper's socket is opened with the first owned segment and stays. */
   CHECK_OK(tdm_shm_close(create(name, 4096)));
-  int fds = count_fds();
+  int fds = tdm_test_count_fds();
 
   /* Longest name accepted, with or without the slash; one byte more is refused. */
   char longest[TDM_SHM_NAME_MAX + 3];
@@ -1009,7 +993,7 @@ TEST(bad_names_sizes_flags) {
   close(dir);
   CHECK(s == sentinel);
 
-  CHECK_EQ(count_fds(), fds);
+  CHECK_EQ(tdm_test_count_fds(), fds);
   CHECK_EQ(count_mine(getpid()), 0);
 }
 
@@ -1029,7 +1013,7 @@ TEST(full_dev_shm_is_enospc_and_leaves_nothing) {
   unique(name, "full");
   /* Once first: the reaper's socket is opened with the first owned segment and stays. */
   CHECK_OK(tdm_shm_close(create(name, 4096)));
-  int fds = count_fds();
+  int fds = tdm_test_count_fds();
   tdm_shm *s = NULL;
   if (vfs.f_blocks > 0) {
     size_t total = (size_t)vfs.f_blocks * vfs.f_frsize;
@@ -1047,7 +1031,7 @@ TEST(full_dev_shm_is_enospc_and_leaves_nothing) {
   CHECK_ERR(tdm_shm_create(&s, name, memory + ((size_t)1 << 30), NULL), -ENOSPC);
   CHECK(!exists(name));
   CHECK(s == NULL);
-  CHECK_EQ(count_fds(), fds);
+  CHECK_EQ(tdm_test_count_fds(), fds);
   CHECK_EQ(count_mine(getpid()), 0);
 }
 
@@ -1056,7 +1040,7 @@ TEST(no_descriptor_leaks) {
   unique(name, "leak");
   /* Once first: the reaper's socket is opened with the first owned segment and stays. */
   CHECK_OK(tdm_shm_close(create(name, 4096)));
-  int fds = count_fds();
+  int fds = tdm_test_count_fds();
   for (int i = 0; i < 200; i++) {
     tdm_shm *s = create(name, 4096);
     tdm_shm *a = attach(name, 0, 0);
@@ -1072,7 +1056,7 @@ TEST(no_descriptor_leaks) {
     CHECK_OK(tdm_shm_close(s));
     CHECK_ERR(tdm_shm_close(b), -ENOENT);
   }
-  CHECK_EQ(count_fds(), fds);
+  CHECK_EQ(tdm_test_count_fds(), fds);
   CHECK_EQ(count_mine(getpid()), 0);
 }
 
@@ -1120,7 +1104,7 @@ TEST(full_reaper_table_is_enomem) {
   pid_t owner = fork_lingering(fill_the_reaper, sh);
   WAIT_UNTIL(sh->ready);
   CHECK_EQ(count_mine(owner), sh->ready);
-  kill_and_reap(owner);
+  tdm_test_kill_and_reap(owner);
   /* The reaper held them all. */
   WAIT_UNTIL(count_mine(owner) == 0);
 }
@@ -1146,7 +1130,7 @@ TEST(allocation_failures_leave_nothing) {
   CHECK_OK(tdm_shm_unlink(keep));
   CHECK_OK(tdm_shm_own(create_noown(name, 4096))); /* the reaper runs: its socket is counted */
   CHECK_OK(tdm_shm_unlink_name(name));
-  int fds = count_fds();
+  int fds = tdm_test_count_fds();
   tdm_allocator a = { failing, NULL };
   tdm_allocator_set(&a);
   int failures = 0;
@@ -1161,14 +1145,14 @@ TEST(allocation_failures_leave_nothing) {
     CHECK_ERR(r, -ENOMEM);
     CHECK(s == NULL);
     CHECK(!exists(name));
-    CHECK_EQ(count_fds(), fds);
+    CHECK_EQ(tdm_test_count_fds(), fds);
     failures++;
   }
   CHECK(failures > 0);
   for (int which = 0; which < 3; which++) {
     fail_at = 0;
     tdm_shm *t = which == 0 ? NULL : create_noown(name, 4096);
-    int base = count_fds();
+    int base = tdm_test_count_fds();
     failures = 0;
     for (fail_at = 1;; fail_at++) {
       allocs = 0;
@@ -1182,7 +1166,7 @@ TEST(allocation_failures_leave_nothing) {
       }
       CHECK_ERR(r, -ENOMEM);
       CHECK(s == NULL);
-      CHECK_EQ(count_fds(), base);
+      CHECK_EQ(tdm_test_count_fds(), base);
       failures++;
     }
     CHECK(failures > 0);
@@ -1299,10 +1283,10 @@ TEST(reaper_started_while_another_thread_forks) {
     unique(f->name, "forking");
     pid_t owner = fork_lingering(first_owner_while_forking, f);
     WAIT_UNTIL(__atomic_load_n(&f->ready, __ATOMIC_ACQUIRE));
-    kill_and_reap(owner);
+    tdm_test_kill_and_reap(owner);
     /* None of the children, forked at any moment of the start, holds the owner's socket. */
     WAIT_UNTIL(!exists(f->name));
     for (int k = 0; k < f->forks; k++)
-      kill_and_reap(f->pids[k]);
+      tdm_test_kill_and_reap(f->pids[k]);
   }
 }

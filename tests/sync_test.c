@@ -17,12 +17,6 @@
 
 /* ---- Helpers --------------------------------------------------------------------------------- */
 
-static void kill_and_reap(pid_t pid) {
-  kill(pid, SIGKILL);
-  int status = tdm_test_wait(pid);
-  CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
-}
-
 static tdm_thread *spawn(tdm_thread_fn fn, void *arg) {
   tdm_thread *t;
   CHECK_OK(tdm_thread_start(&t, fn, arg, NULL));
@@ -260,7 +254,7 @@ TEST(lock_owner_death_is_reported_and_lock_keeps_working) {
   CHECK_OK(tdm_event_wait(&s->event, TDM_FOREVER));
   CHECK(tdm_lock_locked(&s->lock));
   CHECK_ERR(tdm_lock_acquire(&s->lock, 0), -ETIMEDOUT);
-  kill_and_reap(p);
+  tdm_test_kill_and_reap(p);
   CHECK_ERR(tdm_lock_acquire(&s->lock, TDM_FOREVER), -EOWNERDEAD);
   CHECK(tdm_lock_held(&s->lock));
   tdm_lock_release(&s->lock);
@@ -313,7 +307,7 @@ TEST(lock_owner_death_with_many_waiting_processes) {
     w[i] = tdm_test_fork(wait_for_lock_child, s);
   for (int i = 0; i < 4; i++)
     WAIT_UNTIL(tdm_test_process_sleeping(w[i]));
-  kill_and_reap(owner);
+  tdm_test_kill_and_reap(owner);
   for (int i = 0; i < 4; i++)
     tdm_test_wait_ok(w[i]);
   CHECK_EQ(s->results[1], 1); /* exactly one was told */
@@ -364,7 +358,7 @@ TEST(lock_robust_list_shared_with_glibc_robust_mutexes) {
   robust_pthread_init(&s->pm2);
   pid_t p = tdm_test_fork(interleave_and_hang, s);
   CHECK_OK(tdm_event_wait(&s->event, TDM_FOREVER));
-  kill_and_reap(p);
+  tdm_test_kill_and_reap(p);
   CHECK_ERR(-pthread_mutex_lock(&s->pm2), -EOWNERDEAD);
   CHECK_OK(pthread_mutex_consistent(&s->pm2));
   CHECK_OK(pthread_mutex_unlock(&s->pm2));
@@ -456,11 +450,11 @@ TEST_T(lock_survives_kills_at_random_points, 120) {
     long before = s->counter;
     WAIT_UNTIL(s->counter > before + 100);
     tdm_clock_sleep((int64_t)(tdm_test_rand(&seed) % TDM_US(500)));
-    kill_and_reap(a);
+    tdm_test_kill_and_reap(a);
     /* The survivor must go on. */
     long mid = s->counter;
     WAIT_UNTIL(s->counter > mid + 100);
-    kill_and_reap(b);
+    tdm_test_kill_and_reap(b);
     int r = tdm_lock_acquire(&s->lock, TDM_FOREVER);
     CHECK(r == 0 || r == -EOWNERDEAD);
     /* Whoever died inside the critical section was reported. */
@@ -674,7 +668,7 @@ TEST(rlock_owner_death) {
   struct shared *s = shared_new();
   pid_t p = tdm_test_fork(rlock_take_and_hang, s);
   CHECK_OK(tdm_event_wait(&s->event, TDM_FOREVER));
-  kill_and_reap(p);
+  tdm_test_kill_and_reap(p);
   CHECK_ERR(tdm_rlock_acquire(&s->rlock, TDM_FOREVER), -EOWNERDEAD);
   CHECK_EQ(tdm_rlock_level(&s->rlock), 1);
   tdm_rlock_release(&s->rlock);
@@ -990,7 +984,7 @@ TEST(cond_killed_waiter_does_not_wedge_the_others) {
     w[i] = tdm_test_fork(shared_cond_waiter, s);
   WAIT_UNTIL(s->ready == 3 && tdm_test_process_sleeping(w[0]) && tdm_test_process_sleeping(w[1]) &&
              tdm_test_process_sleeping(w[2]));
-  kill_and_reap(w[1]);
+  tdm_test_kill_and_reap(w[1]);
   CHECK_OK(tdm_lock_acquire(&s->lock, TDM_FOREVER));
   s->turn++;
   tdm_cond_notify_all(&s->cond);
@@ -1027,7 +1021,7 @@ TEST(cond_wait_reports_a_lock_owner_that_died) {
   pid_t owner = tdm_test_fork(take_and_hang, s); /* takes s->lock and hangs */
   CHECK_OK(tdm_event_wait(&s->event, TDM_FOREVER));
   tdm_cond_notify_all(&s->cond); /* the waiter now waits for the lock */
-  kill_and_reap(owner);
+  tdm_test_kill_and_reap(owner);
   tdm_test_wait_ok(waiter);
 }
 
@@ -1198,7 +1192,7 @@ TEST(sem_killed_waiter_does_not_wedge_the_others) {
     w[i] = tdm_test_fork(sem_take_one, s);
   WAIT_UNTIL(s->ready == 3 && tdm_test_process_sleeping(w[0]) && tdm_test_process_sleeping(w[1]) &&
              tdm_test_process_sleeping(w[2]));
-  kill_and_reap(w[0]);
+  tdm_test_kill_and_reap(w[0]);
   CHECK_OK(tdm_sem_release(&s->sem, 2));
   tdm_test_wait_ok(w[1]);
   tdm_test_wait_ok(w[2]);
@@ -1312,7 +1306,7 @@ TEST(event_between_processes) {
     w[i] = tdm_test_fork(event_child, s);
   WAIT_UNTIL(s->ready == 3 && tdm_test_process_sleeping(w[0]) && tdm_test_process_sleeping(w[1]) &&
              tdm_test_process_sleeping(w[2]));
-  kill_and_reap(w[2]); /* a waiter killed while waiting changes nothing for the others */
+  tdm_test_kill_and_reap(w[2]); /* a waiter killed while waiting changes nothing for the others */
   tdm_event_set(&s->event);
   CHECK_OK(tdm_event_wait(&s->event2, TDM_FOREVER));
   tdm_test_wait_ok(w[0]);
@@ -1523,7 +1517,7 @@ TEST(barrier_dead_party_times_out_then_reset_recovers) {
   /* A party that arrives and is killed while waiting. */
   pid_t victim = tdm_test_fork(barrier_party_complete, s);
   WAIT_UNTIL(tdm_barrier_n_waiting(&s->barrier) == 1 && tdm_test_process_sleeping(victim));
-  kill_and_reap(victim);
+  tdm_test_kill_and_reap(victim);
   pid_t p[2];
   for (int i = 0; i < 2; i++)
     p[i] = tdm_test_fork(barrier_party_shared, s);
@@ -1657,7 +1651,7 @@ TEST_T(sem_cond_event_survive_kills_at_random_points, 120) {
     WAIT_UNTIL(__atomic_load_n(&s->counter, __ATOMIC_SEQ_CST) > before + 3);
     tdm_clock_sleep((int64_t)(tdm_test_rand(&seed) % TDM_US(300)));
     for (int i = 0; i < 3; i++)
-      kill_and_reap(p[i]);
+      tdm_test_kill_and_reap(p[i]);
     /* A dead process keeps a permit it had taken, as with any semaphore: give them back. */
     uint32_t v = tdm_sem_value(&s->sem);
     CHECK(v <= 2);

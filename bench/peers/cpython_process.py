@@ -17,23 +17,18 @@ The "start-1gib-parent" workloads run while this process holds a 1 GiB bytearray
 written, taken before the first of them and released after the last.
 """
 
-import argparse
-import json
 import multiprocessing
 import multiprocessing.forkserver
 import re
-import statistics
 import sys
 import time
+
+from peerlib import options, report, unknown
 
 now = time.monotonic_ns
 
 BIG_PARENT = 1 << 30
 PAGE = 4096
-
-
-def emit(obj):
-    print(json.dumps(obj), flush=True)
 
 
 def returns_at_once():
@@ -79,43 +74,28 @@ def lookup(key):
     return big, impl, start_join(method), ITERS[(big, method)]
 
 
-def measure(run, iters, runs):
-    run(max(iters // 4, 1))  # warm-up
-    samples = []
-    for _ in range(runs):
-        t, ops = run(iters)
-        samples.append(t / ops)
-    return statistics.median(samples)
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("workloads", nargs="*")
-    args = ap.parse_args()
-    runs = max(args.runs, 1)
-    emit({"python": "%d.%d.%d" % sys.version_info[:3]})
+    args = options(__doc__)
     if any(k.endswith("/forkserver") for k in args.workloads):
         multiprocessing.forkserver.ensure_running()
-    big = None
+    held = {}
+
+    def hold(want_big):
+        if want_big and "big" not in held:
+            big = bytearray(BIG_PARENT)
+            big[::PAGE] = b"\x5a" * (BIG_PARENT // PAGE)  # every page written
+            held["big"] = big
+        elif not want_big:
+            held.clear()
+
     for key in args.workloads:
         found = lookup(key)
         if found is None:
-            emit({"workload": key, "impl": "CPython", "error": "no CPython peer for this workload"})
+            unknown(key)
             continue
-        want_big, impl, run, (iters, quick_iters) = found
-        try:
-            if want_big and big is None:
-                big = bytearray(BIG_PARENT)
-                big[::PAGE] = b"\x5a" * (BIG_PARENT // PAGE)  # every page written
-            elif not want_big:
-                big = None
-            ns = measure(run, quick_iters if args.quick else iters, runs)
-            emit({"workload": key, "impl": impl, "ns_per_op": round(ns, 3), "runs": runs})
-        except Exception as e:  # report, never crash: the other workloads still run
-            emit({"workload": key, "impl": impl, "error": "%s: %s" % (type(e).__name__, e)})
-    del big
+        want_big, impl, run, iters = found
+        report(key, impl, run, iters, args, prepare=lambda: hold(want_big))
+    held.clear()
 
 
 if __name__ == "__main__":

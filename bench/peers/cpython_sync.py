@@ -13,22 +13,17 @@ given a start gate, so that starting them is not timed. Iteration counts are sma
 script takes a few seconds.
 """
 
-import argparse
-import json
 import multiprocessing
 import re
-import statistics
 import sys
 import threading
 import time
 import types
 
+from peerlib import options, report, unknown
+
 now = time.monotonic_ns  # CLOCK_MONOTONIC: comparable between processes
 MP = multiprocessing.get_context("fork")
-
-
-def emit(obj):
-    print(json.dumps(obj), flush=True)
 
 
 # ---- Uncontended ------------------------------------------------------------------------------
@@ -264,35 +259,15 @@ def lookup(key):
     return None
 
 
-def measure(run, iters, runs):
-    run(max(iters // 4, 1))  # warm-up
-    samples = []
-    for _ in range(runs):
-        t, ops = run(iters)
-        samples.append(t / ops)
-    return statistics.median(samples)
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("workloads", nargs="*")
-    args = ap.parse_args()
-    runs = max(args.runs, 1)
-    emit({"python": "%d.%d.%d" % sys.version_info[:3]})
+    args = options(__doc__)
     for key in args.workloads:
         found = lookup(key)
         if found is None:
-            emit({"workload": key, "impl": "CPython", "error": "no CPython peer for this workload"})
+            unknown(key)
             continue
-        impl, run, (iters, quick_iters) = found
-        impl = "CPython " + impl
-        try:
-            ns = measure(run, quick_iters if args.quick else iters, runs)
-            emit({"workload": key, "impl": impl, "ns_per_op": round(ns, 3), "runs": runs})
-        except Exception as e:  # report, never crash: the other workloads still run
-            emit({"workload": key, "impl": impl, "error": "%s: %s" % (type(e).__name__, e)})
+        impl, run, iters = found
+        report(key, "CPython " + impl, run, iters, args)
 
 
 if __name__ == "__main__":

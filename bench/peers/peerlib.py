@@ -1,0 +1,52 @@
+"""What every CPython peer script shares: the command line, the JSON lines, the timing rule.
+
+tandem-bench runs a peer script as `python3 SCRIPT [--quick] [--runs N] WORKLOAD...` and reads
+one JSON object per line: first {"python": version}, then per workload either
+{"workload", "impl", "ns_per_op", "runs"} or {"workload", "impl", "error"}.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+
+
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+
+
+def options(doc):
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("workloads", nargs="*")
+    args = ap.parse_args()
+    args.runs = max(args.runs, 1)
+    emit({"python": "%d.%d.%d" % sys.version_info[:3]})
+    return args
+
+
+def measure(run, iters, runs):
+    """The median ns per operation over `runs` runs of run(iters), which returns (ns, ops)."""
+    run(max(iters // 4, 1))  # warm-up
+    samples = []
+    for _ in range(runs):
+        t, ops = run(iters)
+        samples.append(t / ops)
+    return statistics.median(samples)
+
+
+def report(key, impl, run, iters, args, prepare=None):
+    """Measures one workload and emits its line; an exception becomes an error line, never a
+    crash, so that the other workloads still run."""
+    try:
+        if prepare is not None:
+            prepare()
+        ns = measure(run, iters[1] if args.quick else iters[0], args.runs)
+        emit({"workload": key, "impl": impl, "ns_per_op": round(ns, 3), "runs": args.runs})
+    except Exception as e:
+        emit({"workload": key, "impl": impl, "error": "%s: %s" % (type(e).__name__, e)})
+
+
+def unknown(key):
+    emit({"workload": key, "impl": "CPython", "error": "no CPython peer for this workload"})
