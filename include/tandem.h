@@ -5,8 +5,8 @@
  *
  * Modules: base (version, CPU count, allocator), error, clock (timeouts and deadlines),
  * thread (threads, thread-local storage, timers), sync (locks, conditions, semaphores, events,
- * barriers, between threads and between processes), gil (a CPython-style GIL), shm (shared segments with
- * owners, shared arrays, an arena allocator), process (processes and start methods).
+ * barriers, between threads and between processes), gil (a CPython-style GIL), shm (shared segments
+ * with owners, shared arrays, an arena allocator), process (processes and start methods).
  */
 #ifndef TANDEM_H
 #define TANDEM_H
