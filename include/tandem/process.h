@@ -21,8 +21,10 @@
  * its offset in that object, and the child resolves the pair. The child is recognised by a
  * constructor of libtandem, which runs the function before the program's main() and before the
  * program's own constructors, then exits: a program needs no "if __name__ == '__main__'"
- * guard. The program must link libtandem (a program that loads it with dlopen() would run its
- * main() in a spawned child). By the time the task runs, the libraries libtandem depends on are
+ * guard. A program that loads libtandem with dlopen() would run its main() in such a child, so
+ * tandem preloads the library there (LD_PRELOAD); where it cannot (the program was started as
+ * "ld.so ./prog", or is static), spawn and forkserver are -ENOTSUP. By the time the task runs,
+ * the libraries libtandem depends on are
  * initialised, and so are those glibc initialises before it (with glibc, libraries named after
  * -ltandem on the link line; a library named before it that does not depend on it may not be):
  * a task must not rely on constructors that run later.
@@ -111,7 +113,9 @@ typedef struct tdm_process_options {
  *   -ENOMEM, -EMFILE, and for spawn and forkserver what exec returns (-ENOENT, -EACCES,
  *                  -E2BIG for an environment too large...);
  *   TDM_ECHILDINIT the child died before it could run fn;
- *   -ENOSYS        the kernel has no pidfds (Linux before 5.3).
+ *   -ENOSYS        the kernel has no pidfds (Linux before 5.3);
+ *   -ENOTSUP       spawn and forkserver, when this program cannot re-exec itself into a tandem
+ *                  child (see above).
  * On failure no child is left: none was made, or the one that was made was reaped.
  */
 TDM_API int tdm_process_start(tdm_process **out, tdm_process_fn fn, const void *arg, size_t size,

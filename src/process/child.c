@@ -40,6 +40,8 @@
 #include "process/process.h"
 
 char **tdm__argv;
+int tdm__spawn_plan;
+char tdm__spawn_preload[4096];
 
 /* The calling process's identity. `name` is replaced only by tdm_process_set_name(). */
 static struct {
@@ -229,6 +231,9 @@ __attribute__((constructor)) static void child_init(int argc, char **argv, char 
   (void)argc;
   (void)envp;
   tdm__argv = argv;
+  /* Whether an exec of this program runs this constructor (see tdm__spawn_self()). */
+  tdm__spawn_plan =
+      tdm__exec_self_plan((const void *)&tdm__argv, tdm__spawn_preload, sizeof tdm__spawn_preload);
   const char *v = getenv(TDM__BOOT_ENV);
   if (v == NULL) return;
   char *end;

@@ -125,6 +125,12 @@ void tdm__discard_child(int pidfd);
  * it). */
 extern char **tdm__argv;
 
+/* tdm__exec_self_plan() for libtandem, asked by the constructor: 0, a spawned copy of the
+ * program runs libtandem's constructor; 1, only with tdm__spawn_preload in LD_PRELOAD (the
+ * program dlopen()ed libtandem); negative, never (spawn and forkserver are -ENOTSUP). */
+extern int tdm__spawn_plan;
+extern char tdm__spawn_preload[4096];
+
 /*
  * Makes the calling process a tandem child: records its name, parent and daemon status, and
  * for a daemon starts the thread that watches `death_rd` (or, when `may_thread` is false or the

@@ -86,24 +86,46 @@ int tdm__start_fork(tdm_process *p, const struct tdm__task *t) {
 /* ---- spawn ----------------------------------------------------------------------------------- */
 
 int tdm__spawn_self(pid_t *pid_out, int *pidfd_out, int *channel_out) {
+  /* A program that loaded libtandem with dlopen() would run its main() in the child: preload
+   * the library so that its constructor takes over, or refuse when even that cannot work. */
+  if (tdm__spawn_plan < 0) return -ENOTSUP;
+  char *preload = NULL;
+  if (tdm__spawn_plan == 1) {
+    const char *old = getenv("LD_PRELOAD");
+    size_t size =
+        sizeof "LD_PRELOAD=:" + (old != NULL ? strlen(old) : 0) + strlen(tdm__spawn_preload);
+    preload = tdm__alloc(size);
+    if (preload == NULL) return -ENOMEM;
+    /* The program's own preloads first: some (a sanitizer's runtime) must come first. */
+    snprintf(preload, size, "LD_PRELOAD=%s%s%s", old != NULL ? old : "",
+             old != NULL && old[0] != '\0' ? ":" : "", tdm__spawn_preload);
+  }
   int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return -errno;
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    int e = -errno;
+    tdm__free(preload);
+    return e;
+  }
 
   /* The environment, without any TANDEM_BOOT of ours, plus the child's. */
   size_t n = 0;
   for (char **e = environ; e != NULL && *e != NULL; e++)
     n++;
-  char **env = tdm__calloc(n + 2, sizeof *env);
+  char **env = tdm__calloc(n + 3, sizeof *env);
   if (env == NULL) {
     close(sv[0]);
     close(sv[1]);
+    tdm__free(preload);
     return -ENOMEM;
   }
   char boot[32];
   snprintf(boot, sizeof boot, TDM__BOOT_ENV "=%d", sv[1]);
   size_t k = 0;
   for (size_t i = 0; i < n; i++)
-    if (strncmp(environ[i], TDM__BOOT_ENV "=", sizeof TDM__BOOT_ENV) != 0) env[k++] = environ[i];
+    if (strncmp(environ[i], TDM__BOOT_ENV "=", sizeof TDM__BOOT_ENV) != 0 &&
+        (preload == NULL || strncmp(environ[i], "LD_PRELOAD=", 11) != 0))
+      env[k++] = environ[i];
+  if (preload != NULL) env[k++] = preload;
   env[k++] = boot;
   env[k] = NULL;
 
@@ -129,6 +151,7 @@ int tdm__spawn_self(pid_t *pid_out, int *pidfd_out, int *channel_out) {
     posix_spawn_file_actions_destroy(&fa);
   }
   tdm__free(env);
+  tdm__free(preload);
   close(sv[1]);
   if (r != 0) {
     close(sv[0]);
