@@ -691,6 +691,29 @@ TEST(missing_function_is_enotask) {
   CHECK(no_zombies());
 }
 
+/* A child that dies while it boots (here: loading the library of its task kills it) is
+ * TDM_ECHILDINIT for spawn and forkserver, and is reaped. */
+static void child_dies_in_boot(void *arg) {
+  (void)arg;
+  tdm_process_fn fn = tasklib_fn(TDM_TASKLIB_PATH);
+  CHECK(setenv("TDM_TASKLIB_DIE", "1", 1) == 0);
+  int before = tdm_test_count_fds();
+  int v = 1;
+  for (int m = 1; m < N_METHODS; m++) {
+    tdm_process *p = NULL;
+    tdm_process_options o = { .start = methods[m] };
+    CHECK_ERR(tdm_process_start(&p, fn, &v, sizeof v, &o), TDM_ECHILDINIT);
+    CHECK(p == NULL);
+  }
+  int after = tdm_test_count_fds();
+  CHECK(after == before || after == before + 2); /* + the forkserver's socket and pidfd */
+  CHECK(no_zombies());
+}
+
+TEST(child_dying_in_boot_is_echildinit) {
+  tdm_test_wait_ok(tdm_test_fork(child_dies_in_boot, NULL));
+}
+
 /* ---- Leaks ----------------------------------------------------------------------------------- */
 
 TEST_T(thousand_cycles_leave_nothing, 300) {
