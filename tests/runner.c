@@ -318,6 +318,26 @@ static bool reap_group(pid_t pgid) {
   return true;
 }
 
+/*
+ * Reaps the children that ended and belong to no running case: orphans that left their case's
+ * process group (a segment owner's reaper, which runs in a session of its own, say) and came
+ * back to us because we are a subreaper. Cases' own pids are left to the loop below.
+ */
+static void reap_strays(const struct slot *slots, int jobs) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)getpid());
+  FILE *f = fopen(path, "r");
+  if (f == NULL) return;
+  int pid;
+  while (fscanf(f, "%d", &pid) == 1) {
+    bool running_case = false;
+    for (int i = 0; i < jobs; i++)
+      running_case = running_case || (slots[i].index >= 0 && slots[i].pid == pid);
+    if (!running_case) waitpid(pid, NULL, WNOHANG);
+  }
+  fclose(f);
+}
+
 static int run_all(const char *self, int jobs, bool verbose, char **patterns, int npatterns) {
   int selected[MAX_CASES], nsel = 0;
   for (int i = 0; i < ncases; i++) {
@@ -394,6 +414,7 @@ static int run_all(const char *self, int jobs, bool verbose, char **patterns, in
       done++;
       progressed = true;
     }
+    if (progressed) reap_strays(slots, jobs);
     if (!progressed) {
       struct timespec ts = { 0, 2 * 1000 * 1000 };
       nanosleep(&ts, NULL);
