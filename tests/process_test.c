@@ -9,6 +9,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <link.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -83,6 +84,10 @@ static int checksum(void *arg, size_t size) {
   return (int)(sum % 251);
 }
 
+static int arg_is_null(void *arg, size_t size) {
+  return arg == NULL && size == 0 ? 0 : 1;
+}
+
 static int die_by_signal(void *arg, size_t size) {
   (void)size;
   int sig;
@@ -130,6 +135,9 @@ static void exit_codes_all_methods(void) {
       CHECK(tdm_process_pid(p) > 0);
       CHECK_EQ(join_code(p), v);
     }
+    /* With size 0 the task gets NULL, whatever the caller passed. */
+    int ignored = 0;
+    CHECK_EQ(join_code(start(arg_is_null, &ignored, 0, methods[m])), 0);
     /* A large argument arrives whole. */
     size_t size = 3 * 1024 * 1024 + 7;
     unsigned char *big = malloc(size);
@@ -313,6 +321,7 @@ TEST(active_children) {
     p[m] = start(sleep_forever, NULL, 0, methods[m]);
   CHECK_EQ(tdm_process_active_children(out, 8), 3);
   CHECK_EQ(tdm_process_active_children(out, 1), 3);
+  CHECK_EQ(tdm_process_active_children(NULL, 0), 3);
   CHECK_OK(tdm_process_kill(p[1]));
   WAIT_UNTIL(tdm_process_active_children(out, 8) == 2);
   CHECK(out[0] == p[0] && out[1] == p[2]);
@@ -383,6 +392,14 @@ TEST(child_identity) {
   CHECK(strcmp(tdm_process_current_name(), "renamed") == 0);
   CHECK_ERR(tdm_process_set_name(""), -EINVAL);
   CHECK_ERR(tdm_process_set_name(NULL), -EINVAL);
+  char longest[257];
+  memset(longest, 'n', 256);
+  longest[256] = '\0';
+  CHECK_ERR(tdm_process_set_name(longest), -EINVAL);
+  CHECK(strcmp(tdm_process_current_name(), "renamed") == 0);
+  longest[255] = '\0';
+  CHECK_OK(tdm_process_set_name(longest));
+  CHECK(strcmp(tdm_process_current_name(), longest) == 0);
   /* Default names count up. */
   int v = 0;
   tdm_process *a = start(return_arg, &v, sizeof v, TDM_START_FORK);
@@ -470,8 +487,7 @@ static void daemons_die_with_parent(const char *mode) {
   fclose(f);
   for (int i = 0; i < 2 * N_METHODS; i++)
     CHECK(!gone(pids[i]));
-  CHECK(kill(helper, SIGKILL) == 0);
-  CHECK_EQ(tdm_test_wait(helper), SIGKILL);
+  tdm_test_kill_and_reap(helper);
   /* Within a second is the goal; WAIT_UNTIL allows more so that a slow machine does not fail. */
   for (int i = 0; i < 2 * N_METHODS; i++) {
 #ifdef __SANITIZE_THREAD__
@@ -522,6 +538,8 @@ TEST(signal_tree_reaches_descendants) {
   }
   tdm_process *p = start(sleep_forever, NULL, 0, TDM_START_FORK);
   CHECK_ERR(tdm_process_signal_tree(p, SIGKILL), -ENOTSUP);
+  CHECK_ERR(tdm_process_signal_tree(p, -1), -EINVAL);
+  CHECK_ERR(tdm_process_signal_tree(p, NSIG), -EINVAL);
   CHECK_OK(tdm_process_kill(p));
   CHECK_EQ(join_code(p), -SIGKILL);
 }
@@ -553,11 +571,48 @@ TEST(pass_fds_at_the_same_number) {
   }
 }
 
+/* Writes a byte to each of the 64 descriptors listed in its argument. */
+static int write_to_each(void *arg, size_t size) {
+  int fds[64];
+  CHECK_EQ(size, sizeof fds);
+  memcpy(fds, arg, sizeof fds);
+  for (int i = 0; i < 64; i++)
+    if (write(fds[i], "x", 1) != 1) return 1;
+  return 0;
+}
+
+/* The most pass_fds there may be: a forkserver child gets the standard streams on top. */
+TEST(sixty_four_pass_fds) {
+  for (int m = 0; m < N_METHODS; m++) {
+    int pipefd[2], many[64];
+    CHECK(pipe2(pipefd, O_CLOEXEC) == 0);
+    for (int i = 0; i < 64; i++)
+      CHECK_EQ(dup3(pipefd[1], 100 + i, O_CLOEXEC), 100 + i);
+    close(pipefd[1]);
+    for (int i = 0; i < 64; i++)
+      many[i] = 100 + i;
+    tdm_process_options o = { .start = methods[m], .pass_fds = many, .n_pass_fds = 64 };
+    tdm_process *p;
+    CHECK_OK(tdm_process_start(&p, write_to_each, many, sizeof many, &o));
+    for (int i = 0; i < 64; i++)
+      close(many[i]);
+    CHECK_EQ(join_code(p), 0);
+    char buf[128];
+    size_t got = 0;
+    ssize_t n;
+    while ((n = read(pipefd[0], buf, sizeof buf)) > 0)
+      got += (size_t)n;
+    CHECK_EQ(got, 64);
+    close(pipefd[0]);
+  }
+}
+
 /* ---- Failures -------------------------------------------------------------------------------- */
 
 TEST(bad_arguments) {
   tdm_process *p = (tdm_process *)0x1;
   int v = 0;
+  CHECK_ERR(tdm_process_start(NULL, return_arg, &v, sizeof v, NULL), -EINVAL);
   CHECK_ERR(tdm_process_start(&p, NULL, NULL, 0, NULL), -EINVAL);
   CHECK_ERR(tdm_process_start(&p, return_arg, NULL, 4, NULL), -EINVAL);
   CHECK_ERR(tdm_process_start(&p, return_arg, &v, TDM_PROCESS_ARG_MAX + 1, NULL), -E2BIG);
@@ -566,6 +621,10 @@ TEST(bad_arguments) {
   int bad = 1000;
   o = (tdm_process_options){ .pass_fds = &bad, .n_pass_fds = 1 };
   CHECK_ERR(tdm_process_start(&p, return_arg, &v, sizeof v, &o), -EINVAL);
+  bad = -1;
+  CHECK_ERR(tdm_process_start(&p, return_arg, &v, sizeof v, &o), -EINVAL);
+  o = (tdm_process_options){ .pass_fds = NULL, .n_pass_fds = 1 };
+  CHECK_ERR(tdm_process_start(&p, return_arg, &v, sizeof v, &o), -EINVAL);
   int many[65];
   for (int i = 0; i < 65; i++)
     many[i] = STDERR_FILENO;
@@ -573,8 +632,20 @@ TEST(bad_arguments) {
   CHECK_ERR(tdm_process_start(&p, return_arg, &v, sizeof v, &o), -EINVAL);
   o = (tdm_process_options){ .name = "" };
   CHECK_ERR(tdm_process_start(&p, return_arg, &v, sizeof v, &o), -EINVAL);
+  static char name[4098];
+  memset(name, 'n', 4097);
+  o = (tdm_process_options){ .name = name };
+  CHECK_ERR(tdm_process_start(&p, return_arg, &v, sizeof v, &o), -EINVAL);
   CHECK(p == (tdm_process *)0x1);
   CHECK(no_zombies());
+  /* 4096 bytes is the longest name, under every method. */
+  name[4096] = '\0';
+  for (int m = 0; m < N_METHODS; m++) {
+    o = (tdm_process_options){ .name = name, .start = methods[m] };
+    CHECK_OK(tdm_process_start(&p, return_arg, &v, sizeof v, &o));
+    CHECK(strcmp(tdm_process_name(p), name) == 0);
+    CHECK_EQ(join_code(p), 0);
+  }
 }
 
 /* Under RLIMIT_NPROC (as an unprivileged user: root is exempt) no start method can make a
@@ -685,9 +756,8 @@ TEST(missing_function_is_enotask) {
   uintptr_t addr = 0x10;
   memcpy(&nowhere, &addr, sizeof nowhere);
   CHECK_ERR(tdm_process_start(&p, nowhere, &v, sizeof v, &o), TDM_ENOTASK);
-  /* The forkserver holds two descriptors of ours (its command socket and pidfd). */
-  int after = tdm_test_count_fds();
-  CHECK(after == before || after == before + 2);
+  /* The forkserver started above holds two descriptors of ours (its command socket, pidfd). */
+  CHECK_EQ(tdm_test_count_fds(), before + 2);
   CHECK(no_zombies());
 }
 
@@ -705,13 +775,74 @@ static void child_dies_in_boot(void *arg) {
     CHECK_ERR(tdm_process_start(&p, fn, &v, sizeof v, &o), TDM_ECHILDINIT);
     CHECK(p == NULL);
   }
-  int after = tdm_test_count_fds();
-  CHECK(after == before || after == before + 2); /* + the forkserver's socket and pidfd */
+  CHECK_EQ(tdm_test_count_fds(), before + 2); /* + the forkserver's socket and pidfd */
   CHECK(no_zombies());
 }
 
 TEST(child_dying_in_boot_is_echildinit) {
   tdm_test_wait_ok(tdm_test_fork(child_dies_in_boot, NULL));
+}
+
+/* A child of ours that the program reaps itself: the handle sees it end, and its exit code is
+ * lost (forkserver children are the forkserver's to reap). */
+TEST(child_reaped_by_the_program) {
+  for (int m = 0; m < 2; m++) {
+    int v = 7;
+    tdm_process *p = start(return_arg, &v, sizeof v, methods[m]);
+    int status;
+    CHECK_EQ(waitpid(tdm_process_pid(p), &status, 0), tdm_process_pid(p));
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 7);
+    CHECK(!tdm_process_is_alive(p));
+    CHECK_OK(tdm_process_join(p, TDM_FOREVER));
+    int code = 12345;
+    CHECK_ERR(tdm_process_exitcode(p, &code), -ECHILD);
+    CHECK_EQ(code, 12345);
+    CHECK_OK(tdm_process_close(p));
+  }
+}
+
+/* Run as "ld.so PROGRAM --helper start_under_loader": /proc/self/exe is the loader, so spawn and
+ * forkserver cannot re-exec the program and say -ENOTSUP; fork works. */
+HELPER(start_under_loader) {
+  (void)argc;
+  (void)argv;
+  int v = 4;
+  for (int m = 1; m < N_METHODS; m++) {
+    tdm_process *p = NULL;
+    tdm_process_options o = { .start = methods[m] };
+    CHECK_ERR(tdm_process_start(&p, return_arg, &v, sizeof v, &o), -ENOTSUP);
+    CHECK(p == NULL);
+  }
+  CHECK_EQ(join_code(start(return_arg, &v, sizeof v, TDM_START_FORK)), 4);
+  return 0;
+}
+
+/* dl_iterate_phdr() callback: the program's loader (PT_INTERP), from the first object. */
+static int find_interp(struct dl_phdr_info *info, size_t size, void *data) {
+  (void)size;
+  for (int i = 0; i < info->dlpi_phnum; i++)
+    if (info->dlpi_phdr[i].p_type == PT_INTERP)
+      *(const char **)data = (const char *)(info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
+  return 1;
+}
+
+TEST(no_reexec_under_an_explicit_loader_is_enotsup) {
+  const char *loader = NULL;
+  dl_iterate_phdr(find_interp, &loader);
+  if (loader == NULL) tdm_test_skip("a static program has no loader");
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  CHECK(n > 0);
+  self[n] = '\0';
+  fflush(NULL);
+  pid_t pid = fork();
+  CHECK(pid >= 0);
+  if (pid == 0) {
+    char *args[] = { (char *)loader, self, "--helper", "start_under_loader", NULL };
+    execv(loader, args);
+    _exit(127);
+  }
+  CHECK_EQ(tdm_test_wait(pid), 0);
 }
 
 /* ---- Leaks ----------------------------------------------------------------------------------- */
@@ -752,13 +883,20 @@ static void inherited_handle(void *arg) {
   tdm_process *p = arg;
   CHECK_ERR(tdm_process_join(p, 0), -ECHILD);
   CHECK(!tdm_process_is_alive(p));
+  int code = 12345;
+  CHECK_ERR(tdm_process_exitcode(p, &code), -ECHILD);
+  CHECK_EQ(code, 12345);
+  CHECK_ERR(tdm_process_kill(p), -ECHILD);
+  CHECK_ERR(tdm_process_signal_tree(p, SIGKILL), -ECHILD);
   tdm_process *out[1];
   CHECK_EQ(tdm_process_active_children(out, 1), 0);
   CHECK_OK(tdm_process_close(p));
 }
 
 TEST(handles_are_dead_in_a_forked_child) {
-  tdm_process *p = start(sleep_forever, NULL, 0, TDM_START_FORK);
+  tdm_process *p;
+  tdm_process_options o = { .start = TDM_START_FORK, .new_group = true };
+  CHECK_OK(tdm_process_start(&p, sleep_forever, NULL, 0, &o));
   tdm_test_wait_ok(tdm_test_fork(inherited_handle, p));
   CHECK(tdm_process_is_alive(p));
   CHECK_OK(tdm_process_kill(p));

@@ -102,7 +102,7 @@ typedef struct tdm_process_options {
  * Starts a child process that runs fn(copy of arg, size), and returns once the child exists
  * and (under spawn and forkserver) has found fn. On success *out is a new handle owned by the
  * caller until tdm_process_close(). Returns 0, or:
- *   -EINVAL        fn is NULL, arg is NULL with a size, an unknown start method, a name
+ *   -EINVAL        out or fn is NULL, arg is NULL with a size, an unknown start method, a name
  *                  that is empty or longer than 4096 bytes, more than 64 pass_fds or one that
  *                  is not an open descriptor;
  *   -E2BIG         size is beyond TDM_PROCESS_ARG_MAX;
@@ -123,17 +123,20 @@ TDM_API int tdm_process_start(tdm_process **out, tdm_process_fn fn, const void *
 
 /*
  * Waits at most `timeout` for the child to end, and collects its exit code. Returns 0 when it
- * has ended (then tdm_process_exitcode() reports how), -ETIMEDOUT when it still runs.
+ * has ended (then tdm_process_exitcode() reports how), -ETIMEDOUT when it still runs, -ECHILD
+ * for a handle inherited through fork() (see the top of this file), or an error of poll().
  */
 TDM_API int tdm_process_join(tdm_process *p, int64_t timeout);
 
-/* True until the child has ended (this collects its exit code when it has). */
+/* True until the child has ended (this collects its exit code when it has); false for a handle
+ * inherited through fork(). */
 TDM_API bool tdm_process_is_alive(tdm_process *p);
 
 /*
  * Stores the exit code in *code: >= 0 the exit status, -N killed by signal N. Returns 0;
  * -EBUSY while the child runs (*code untouched); -ECHILD when the code could not be collected
- * (a forkserver child whose forkserver was killed, or a child reaped by someone else's wait).
+ * (a forkserver child whose forkserver was killed, or a child reaped by someone else's wait)
+ * and for a handle inherited through fork(). Does not wait.
  */
 TDM_API int tdm_process_exitcode(tdm_process *p, int *code);
 
@@ -158,7 +161,8 @@ TDM_API int tdm_process_sentinel(const tdm_process *p);
 
 /*
  * Sends signal `sig` to the child (through its pidfd: never to a recycled pid). Returns 0, also
- * when the child has already ended; -EINVAL for a bad signal number.
+ * when the child has already ended; -EINVAL for a bad signal number; -ECHILD for a handle
+ * inherited through fork(); or an error of pidfd_send_signal() (-EPERM).
  */
 TDM_API int tdm_process_signal(tdm_process *p, int sig);
 
@@ -171,7 +175,8 @@ TDM_API int tdm_process_interrupt(tdm_process *p);
 /*
  * Sends `sig` to the child's process group: the child and every descendant that stayed in its
  * group. Returns 0 (also when the group is empty); -ENOTSUP when the child has no group of its
- * own (neither daemon nor new_group); -EINVAL for a bad signal.
+ * own (neither daemon nor new_group); -EINVAL for a bad signal; -ECHILD for a handle inherited
+ * through fork(); or an error of kill() (-EPERM).
  */
 TDM_API int tdm_process_signal_tree(tdm_process *p, int sig);
 

@@ -102,7 +102,7 @@ void tdm__child_setup(const char *name, bool daemon, bool group, pid_t parent, i
   self.parent = parent;
   self.daemon = daemon;
   tdm__set_os_thread_name(name);
-  if (daemon || group) (void)setpgid(0, 0);
+  if (group) (void)setpgid(0, 0);
   if (!daemon) return;
   pthread_attr_t attr;
   pthread_t t;

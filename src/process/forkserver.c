@@ -24,9 +24,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "platform/platform.h"
@@ -58,6 +56,14 @@ static void forget(void) {
   if (fs.cmd >= 0) close(fs.cmd);
   if (fs.pidfd >= 0) close(fs.pidfd);
   fs.cmd = fs.pidfd = -1;
+}
+
+/* Kills and reaps the forkserver (our child), dead or not, and forgets it. Called with fs.mu
+ * held. */
+static void drop(void) {
+  tdm__discard_child(fs.pidfd);
+  fs.pidfd = -1;
+  forget();
 }
 
 /* The forkserver belongs to the process that started it. */
@@ -93,7 +99,7 @@ static int launch(void) {
   return 0;
 }
 
-/* Asks the forkserver for a child; returns 0 with the status socket (st) answered, or an error. */
+/* Asks the forkserver for a child, which will answer on `status`. 0 or an error code. */
 static int request(int child_channel, int status) {
   struct request req = { REQ_MAGIC, 0 };
   int fds[2] = { child_channel, status };
@@ -101,41 +107,27 @@ static int request(int child_channel, int status) {
   int r = 0;
   for (int attempt = 0; attempt < 2; attempt++) {
     /* A forkserver that died (killed by someone) is replaced, and reaped: it is our child. */
-    if (fs.cmd >= 0 && tdm__wait_readable(fs.pidfd, 0) == 1) {
-      int code;
-      (void)tdm__pidfd_reap(fs.pidfd, false, &code);
-      forget();
-    }
+    if (fs.cmd >= 0 && tdm__wait_readable(fs.pidfd, 0) == 1) drop();
     if (fs.cmd < 0 && (r = launch()) != 0) break;
     ssize_t sent = tdm__send_fds(fs.cmd, &req, sizeof req, fds, 2);
     r = sent < 0 ? (int)sent : 0;
     if (r != -EPIPE && r != -ECONNRESET && r != -ENOTCONN) break;
-    tdm__discard_child(fs.pidfd);
-    fs.pidfd = -1;
-    forget();
+    drop();
   }
   pthread_mutex_unlock(&fs.mu);
   return r;
 }
 
 int tdm__start_forkserver(tdm_process *p, const struct tdm__task *t) {
-  int fds[1 + TDM__PASS_FDS_MAX + 3];
-  size_t n = 0;
-  uint32_t flags = TDM__BOOT_JOINPG | (t->group ? TDM__BOOT_GROUP : 0);
-  if (t->daemon) {
-    int r = tdm__death_pipe(&fds[n++]);
-    if (r != 0) return r;
-    flags |= TDM__BOOT_DAEMON;
-  }
   /* The child gets the caller's standard streams as they are now (not the forkserver's), unless
    * pass_fds says otherwise. */
   struct tdm__task with_stdio = *t;
-  int targets[TDM__PASS_FDS_MAX + 3];
+  int targets[TDM__BOOT_FDS_MAX];
   size_t n_targets = 0;
   for (int std = 0; std <= 2; std++) {
     bool passed = false;
-    for (size_t i = 0; i < t->n_pass; i++)
-      passed = passed || t->pass_fds[i] == std;
+    for (size_t i = 0; i < t->n_pass && !passed; i++)
+      passed = t->pass_fds[i] == std;
     if (!passed && fcntl(std, F_GETFD) >= 0) targets[n_targets++] = std;
   }
   for (size_t i = 0; i < t->n_pass; i++)
@@ -143,8 +135,11 @@ int tdm__start_forkserver(tdm_process *p, const struct tdm__task *t) {
   with_stdio.pass_fds = targets;
   with_stdio.n_pass = n_targets;
   t = &with_stdio;
-  for (size_t i = 0; i < t->n_pass; i++)
-    fds[n++] = t->pass_fds[i];
+  int fds[1 + TDM__BOOT_FDS_MAX];
+  size_t n;
+  uint32_t flags = TDM__BOOT_JOINPG;
+  int r = tdm__boot_fds(t, fds, &n, &flags);
+  if (r != 0) return r;
 
   int ch[2], st[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ch) != 0) return -errno;
@@ -154,7 +149,7 @@ int tdm__start_forkserver(tdm_process *p, const struct tdm__task *t) {
     close(ch[1]);
     return e;
   }
-  int r = request(ch[1], st[1]);
+  r = request(ch[1], st[1]);
   close(ch[1]);
   close(st[1]);
   struct reply rep;
@@ -206,14 +201,6 @@ static void answer(int status, int result, pid_t pid, int pidfd) {
   (void)tdm__send_fds(status, &rep, sizeof rep, &pidfd, pidfd >= 0 ? 1 : 0);
 }
 
-/* Closes every descriptor from `low` up. */
-static void close_from(int low) {
-  if (close_range((unsigned)low, ~0U, 0) == 0) return;
-  long max = sysconf(_SC_OPEN_MAX); /* kernels before 5.9 have no close_range */
-  for (long fd = low; fd < (max > 0 ? max : 65536); fd++)
-    close((int)fd);
-}
-
 _Noreturn void tdm__forkserver_main(int cmd, bool pdeath, pid_t parent) {
   tdm__set_os_thread_name("tdm-forkserver");
   (void)setpgid(0, 0);
@@ -224,7 +211,7 @@ _Noreturn void tdm__forkserver_main(int cmd, bool pdeath, pid_t parent) {
     close(cmd);
     cmd = 3;
   }
-  close_from(4);
+  tdm__close_from(4);
   int null = open("/dev/null", O_RDWR | O_CLOEXEC);
   if (null >= 0) {
     dup2(null, 0);
@@ -277,7 +264,7 @@ _Noreturn void tdm__forkserver_main(int cmd, bool pdeath, pid_t parent) {
     pid_t pid = fork();
     if (pid == 0) {
       if (fds[0] != 3 && dup2(fds[0], 3) < 0) _exit(127);
-      close_from(4);
+      tdm__close_from(4);
       tdm__child_boot(3);
     }
     close(fds[0]);
@@ -286,10 +273,8 @@ _Noreturn void tdm__forkserver_main(int cmd, bool pdeath, pid_t parent) {
       close(fds[1]);
       continue;
     }
-    int pidfd = tdm__pidfd_open(pid);
+    int pidfd = tdm__child_pidfd(pid);
     if (pidfd < 0) {
-      kill(pid, SIGKILL);
-      waitpid(pid, NULL, 0);
       answer(fds[1], pidfd, 0, -1);
       close(fds[1]);
       continue;

@@ -21,7 +21,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <link.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -44,8 +43,7 @@ static struct {
   int rd, wr;
 } death = { PTHREAD_MUTEX_INITIALIZER, -1, -1 };
 
-__thread bool tdm__forking_task TDM__TLS_IE;
-int tdm__inherited_death_rd = -1;
+__thread bool tdm__forking_daemon TDM__TLS_IE;
 
 /* getpid() is a system call; the process's own pid changes only in the child of a fork. */
 static pid_t self_pid;
@@ -85,13 +83,7 @@ static void fork_child(void) {
   /* The parent's handles are dead here: listed nowhere, freed when closed. */
   reg.head.prev = reg.head.next = &reg.head;
   if (death.wr >= 0) close(death.wr);
-  tdm__inherited_death_rd = -1;
-  if (death.rd >= 0) {
-    if (tdm__forking_task)
-      tdm__inherited_death_rd = death.rd;
-    else
-      close(death.rd);
-  }
+  if (death.rd >= 0 && !tdm__forking_daemon) close(death.rd);
   death.rd = death.wr = -1;
 }
 
@@ -250,8 +242,8 @@ static int collect(tdm_process *p, bool block) {
         p->exitcode = code;
         tdm__store(&p->state, TDM__ENDED);
       } else if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
-        tdm__store(&p->orphaned,
-                   true); /* the forkserver died: from now on, the pidfd says when it ends */
+        /* The forkserver died: from now on, the pidfd says when the child ends. */
+        tdm__store(&p->orphaned, true);
       }
     }
     if (p->orphaned && tdm__wait_readable(p->pidfd, 0) == 1) tdm__store(&p->state, TDM__LOST);
@@ -259,6 +251,14 @@ static int collect(tdm_process *p, bool block) {
   int state = p->state;
   pthread_mutex_unlock(&p->mu);
   return state;
+}
+
+/* The state now: collects the exit of a child that has ended, without waiting for one that
+ * runs. A forkserver child that has ended has its exit on the way: that is waited for. */
+static int refresh(tdm_process *p) {
+  int state = tdm__load(&p->state);
+  if (state != TDM__RUNNING) return state;
+  return collect(p, p->status_fd >= 0 && tdm__wait_readable(p->pidfd, 0) == 1);
 }
 
 int tdm_process_join(tdm_process *p, int64_t timeout) {
@@ -279,18 +279,13 @@ int tdm_process_join(tdm_process *p, int64_t timeout) {
 
 bool tdm_process_is_alive(tdm_process *p) {
   check(p);
-  if (foreign(p)) return false;
-  if (tdm__load(&p->state) != TDM__RUNNING) return false;
-  /* A forkserver child that has ended has its exit on the way: wait for it, briefly. */
-  bool ended = tdm__wait_readable(p->pidfd, 0) == 1;
-  return collect(p, ended) == TDM__RUNNING;
+  return !foreign(p) && refresh(p) == TDM__RUNNING;
 }
 
 int tdm_process_exitcode(tdm_process *p, int *code) {
   check(p);
   if (foreign(p)) return -ECHILD;
-  int state = tdm__load(&p->state);
-  if (state == TDM__RUNNING) state = collect(p, tdm__wait_readable(p->pidfd, 0) == 1);
+  int state = refresh(p);
   if (state == TDM__RUNNING) return -EBUSY;
   if (state == TDM__LOST) return -ECHILD;
   *code = p->exitcode;
@@ -354,10 +349,8 @@ int tdm_process_signal_tree(tdm_process *p, int sig) {
 int tdm_process_close(tdm_process *p) {
   if (p == NULL) return 0;
   check(p);
-  if (!foreign(p) && tdm__load(&p->state) == TDM__RUNNING &&
-      collect(p, tdm__wait_readable(p->pidfd, 0) == 1) == TDM__RUNNING)
-    return -EBUSY;
   if (!foreign(p)) {
+    if (refresh(p) == TDM__RUNNING) return -EBUSY;
     pthread_mutex_lock(&reg.mu);
     p->prev->next = p->next;
     p->next->prev = p->prev;

@@ -25,7 +25,7 @@
 #define TDM__BOOT_ENV "TANDEM_BOOT"
 
 #define TDM__BOOT_MAGIC   TDM__MAGIC('T', 'b', 'o', 't')
-#define TDM__BOOT_VERSION 1
+#define TDM__BOOT_VERSION 2
 
 /* What a spawned program becomes. */
 enum { TDM__ROLE_TASK = 1, TDM__ROLE_FORKSERVER = 2 };
@@ -58,7 +58,7 @@ struct tdm__boot {
   uint64_t arg_size;
   uint32_t name_len;
   uint32_t n_pass;                    /* pass_fds that follow the death pipe */
-  int32_t targets[TDM__PASS_FDS_MAX]; /* where each of them goes in the child */
+  int32_t targets[TDM__BOOT_FDS_MAX]; /* where each of them goes in the child */
 };
 
 /* The child's answer once it has found its function (or not). */
@@ -92,7 +92,8 @@ struct tdm__task {
   const void *arg;
   size_t size;
   const char *name;
-  bool daemon, group;
+  bool daemon;
+  bool group; /* lead a process group: new_group, and every daemon */
   const int *pass_fds;
   size_t n_pass;
   const char *object; /* spawn and forkserver: where fn is, and its offset there */
@@ -116,6 +117,17 @@ int tdm__spawn_self(pid_t *pid, int *pidfd, int *channel);
 int tdm__boot_exchange(int channel, uint16_t role, uint32_t flags, const struct tdm__task *t,
                        const int *fds, size_t n_fds);
 
+/*
+ * The descriptors of t's boot message in fds[0..*n) (the death pipe first for a daemon, then
+ * t->pass_fds: room for 1 + t->n_pass), and the flags that say so added to *flags. 0 or a
+ * negative errno.
+ */
+int tdm__boot_fds(const struct tdm__task *t, int *fds, size_t *n, uint32_t *flags);
+
+/* Opens a pidfd for `pid`, a child the caller has just made; when that fails, kills and reaps
+ * the child. Returns the pidfd or a negative errno. */
+int tdm__child_pidfd(pid_t pid);
+
 /* Kills and reaps a child that failed to start (its pidfd is closed too). */
 void tdm__discard_child(int pidfd);
 
@@ -132,9 +144,10 @@ extern int tdm__spawn_plan;
 extern char tdm__spawn_preload[4096];
 
 /*
- * Makes the calling process a tandem child: records its name, parent and daemon status, and
- * for a daemon starts the thread that watches `death_rd` (or, when `may_thread` is false or the
- * thread cannot start, asks for PR_SET_PDEATHSIG). Group: lead a process group.
+ * Makes the calling process a tandem child: records its name, parent and daemon status, leads
+ * a process group of its own with `group` (which every daemon has), and for a daemon starts the
+ * thread that watches `death_rd` (or, when `may_thread` is false or the thread cannot start,
+ * asks for PR_SET_PDEATHSIG).
  */
 void tdm__child_setup(const char *name, bool daemon, bool group, pid_t parent, int death_rd,
                       bool may_thread);
@@ -151,15 +164,12 @@ _Noreturn void tdm__child_exit(int rc);
 /* The read end of this process's death pipe (made on first use). 0 or a negative errno. */
 int tdm__death_pipe(int *rd);
 
-/* Set by tdm__start_fork() around fork(): the child keeps the death pipe's read end. */
-extern __thread bool tdm__forking_task TDM__TLS_IE;
+/* Set by tdm__start_fork() around the fork() of a daemon: the child keeps the death pipe's read
+ * end (which the child of any other fork() closes). */
+extern __thread bool tdm__forking_daemon TDM__TLS_IE;
 
 /* getpid(), cached (and forgotten in the child of every fork()). */
 pid_t tdm__self_pid(void);
-
-/* The read end of the parent's death pipe inherited by the child of the last fork() (if that
- * was tdm__start_fork()); -1 otherwise. */
-extern int tdm__inherited_death_rd;
 
 /* ---- forkserver.c ---------------------------------------------------------------------------- */
 

@@ -36,6 +36,29 @@
 
 extern char **environ;
 
+int tdm__child_pidfd(pid_t pid) {
+  int pidfd = tdm__pidfd_open(pid);
+  if (pidfd < 0) {
+    (void)kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+  }
+  return pidfd;
+}
+
+int tdm__boot_fds(const struct tdm__task *t, int *fds, size_t *n, uint32_t *flags) {
+  *n = 0;
+  if (t->group) *flags |= TDM__BOOT_GROUP;
+  if (t->daemon) {
+    int r = tdm__death_pipe(&fds[(*n)++]);
+    if (r != 0) return r;
+    *flags |= TDM__BOOT_DAEMON;
+  }
+  for (size_t i = 0; i < t->n_pass; i++)
+    fds[(*n)++] = t->pass_fds[i];
+  return 0;
+}
+
 void tdm__discard_child(int pidfd) {
   int code;
   (void)tdm__pidfd_signal(pidfd, SIGKILL);
@@ -59,25 +82,18 @@ int tdm__start_fork(tdm_process *p, const struct tdm__task *t) {
   may_thread = !t->daemon || tdm__thread_count() == 1;
 #endif
   fflush(NULL);
-  tdm__forking_task = true;
+  tdm__forking_daemon = t->daemon;
   pid_t pid = fork();
+  tdm__forking_daemon = false;
   if (pid == 0) {
-    tdm__forking_task = false;
-    tdm__child_setup(t->name, t->daemon, t->group, parent, tdm__inherited_death_rd, may_thread);
-    if (!t->daemon && tdm__inherited_death_rd >= 0) close(tdm__inherited_death_rd);
+    tdm__child_setup(t->name, t->daemon, t->group, parent, death_rd, may_thread);
     tdm__child_exit(t->fn(t->size > 0 ? (void *)(uintptr_t)t->arg : NULL, t->size));
   }
-  tdm__forking_task = false;
   if (pid < 0) return -errno;
   /* Both sides set the group, so that it exists whichever runs first. */
   if (t->group) (void)setpgid(pid, pid);
-  int pidfd = tdm__pidfd_open(pid);
-  if (pidfd < 0) {
-    kill(pid, SIGKILL);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
-    }
-    return pidfd;
-  }
+  int pidfd = tdm__child_pidfd(pid);
+  if (pidfd < 0) return pidfd;
   p->pid = pid;
   p->pidfd = pidfd;
   return 0;
@@ -157,12 +173,9 @@ int tdm__spawn_self(pid_t *pid_out, int *pidfd_out, int *channel_out) {
     close(sv[0]);
     return -r;
   }
-  int pidfd = tdm__pidfd_open(pid);
+  int pidfd = tdm__child_pidfd(pid);
   if (pidfd < 0) {
     close(sv[0]);
-    kill(pid, SIGKILL);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
-    }
     return pidfd;
   }
   *pid_out = pid;
@@ -215,18 +228,13 @@ int tdm__boot_exchange(int channel, uint16_t role, uint32_t flags, const struct 
 
 int tdm__start_spawn(tdm_process *p, const struct tdm__task *t) {
   int fds[1 + TDM__PASS_FDS_MAX];
-  size_t n = 0;
-  uint32_t flags = t->group ? TDM__BOOT_GROUP : 0;
-  if (t->daemon) {
-    int r = tdm__death_pipe(&fds[n++]);
-    if (r != 0) return r;
-    flags |= TDM__BOOT_DAEMON;
-  }
-  for (size_t i = 0; i < t->n_pass; i++)
-    fds[n++] = t->pass_fds[i];
+  size_t n;
+  uint32_t flags = 0;
+  int r = tdm__boot_fds(t, fds, &n, &flags);
+  if (r != 0) return r;
   pid_t pid;
   int pidfd, channel;
-  int r = tdm__spawn_self(&pid, &pidfd, &channel);
+  r = tdm__spawn_self(&pid, &pidfd, &channel);
   if (r != 0) return r;
   r = tdm__boot_exchange(channel, TDM__ROLE_TASK, flags, t, fds, n);
   close(channel);
