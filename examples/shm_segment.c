@@ -1,9 +1,8 @@
 /*
  * shm_segment: a parent creates a named shared memory segment, a spawned child (a fresh exec
  * of the program) attaches it by name and writes into it, and the parent reads what the child
- * wrote. The
- * parent owns the segment, so closing it removes the name from /dev/shm; the child only attached,
- * so its close removes nothing.
+ * wrote. The parent owns the segment, so closing it removes the name from /dev/shm; the child
+ * only attached, so its close removes nothing.
  *
  * The Python it corresponds to (module multiprocessing.shared_memory):
  *

@@ -385,16 +385,12 @@ TEST(array_add_across_threads) {
   check_add_totals(a, b, COUNT_PROCS);
 }
 
-static void count_under_lock_thread(void *arg) {
-  count_under_lock(arg);
-}
-
 TEST(array_counter_under_lock_across_threads) {
   tdm_array *a = tdm_test_shared(4096);
   CHECK_OK(tdm_array_init(a, TDM_TYPE_I64, 1, TDM_ARRAY_LOCK));
   tdm_thread *t[COUNT_PROCS];
   for (int i = 0; i < COUNT_PROCS; i++)
-    t[i] = spawn(count_under_lock_thread, a);
+    t[i] = spawn(count_under_lock, a);
   for (int i = 0; i < COUNT_PROCS; i++)
     CHECK_OK(tdm_thread_join(t[i], TDM_FOREVER));
   int64_t v = 0;
@@ -836,17 +832,13 @@ TEST_T(arena_stress_across_processes, 180) {
   CHECK_EQ(tdm_arena_repairs(a), 0);
 }
 
-static void churn_thread(void *arg) {
-  churn(arg);
-}
-
 TEST_T(arena_stress_across_threads, 180) {
   tdm_arena *a = arena_new(1 << 20);
   size_t whole = tdm_arena_largest(a);
   struct churner *c = churners_new(a, 40000, 3000);
   tdm_thread *t[PARTIES];
   for (int i = 0; i < PARTIES; i++)
-    t[i] = spawn(churn_thread, &c[i]);
+    t[i] = spawn(churn, &c[i]);
   for (int i = 0; i < PARTIES; i++)
     CHECK_OK(tdm_thread_join(t[i], TDM_FOREVER));
   CHECK_EQ(tdm_arena_used(a), 0);
@@ -981,13 +973,17 @@ TEST_T(arena_survives_kills_at_random_points, 300) {
 
 /* ---- Arena misuse ---------------------------------------------------------------------------- */
 
-static void double_free(void *arg) {
-  tdm_arena *a = arg;
+/* The offset of a block that was allocated and freed (a used block after it keeps it apart). */
+static uint64_t freed_block(tdm_arena *a) {
   uint64_t x, y;
   CHECK_OK(tdm_arena_alloc(a, 100, &x));
   CHECK_OK(tdm_arena_alloc(a, 100, &y));
   tdm_arena_free(a, x);
-  tdm_arena_free(a, x);
+  return x;
+}
+
+static void double_free(void *arg) {
+  tdm_arena_free(arg, freed_block(arg));
 }
 
 /* The second free of a block that was merged into its free neighbour. */
@@ -1026,12 +1022,7 @@ static void free_past_the_end(void *arg) {
 }
 
 static void block_size_of_freed(void *arg) {
-  tdm_arena *a = arg;
-  uint64_t x, y;
-  CHECK_OK(tdm_arena_alloc(a, 100, &x));
-  CHECK_OK(tdm_arena_alloc(a, 100, &y));
-  tdm_arena_free(a, x);
-  tdm_arena_block_size(a, x);
+  tdm_arena_block_size(arg, freed_block(arg));
 }
 
 static void arena_uninitialised(void *arg) {
@@ -1041,6 +1032,10 @@ static void arena_uninitialised(void *arg) {
 
 static void ptr_outside(void *arg) {
   tdm_arena_ptr(arg, UINT64_C(1) << 40);
+}
+
+static void off_outside(void *arg) {
+  tdm_arena_off(arg, arg); /* the header, not the heap */
 }
 
 TEST(arena_misuse_aborts) {
@@ -1053,7 +1048,9 @@ TEST(arena_misuse_aborts) {
   EXPECT_ABORT(free_zero, a, "is not an allocated block");
   EXPECT_ABORT(free_past_the_end, a, "outside the heap");
   EXPECT_ABORT(block_size_of_freed, a, "tdm_arena_block_size");
+  EXPECT_ABORT(block_size_of_freed, a, "freed already");
   EXPECT_ABORT(ptr_outside, a, "tdm_arena_ptr");
+  EXPECT_ABORT(off_outside, a, "tdm_arena_off");
   void *zero = tdm_test_shared(SMALL_ARENA);
   EXPECT_ABORT(arena_uninitialised, zero, "not an initialised arena");
   /* The children aborted without holding the arena's lock: no repair was needed. */

@@ -83,6 +83,7 @@ static tdm_shm *attach(const char *name, size_t size, unsigned flags) {
 struct shared {
   volatile int ready, go, skip;
   volatile pid_t pid;
+  volatile uintptr_t start, end; /* a region of the child's memory */
   char names[4][NAME_LEN];
 };
 
@@ -102,6 +103,26 @@ static pid_t fork_lingering(void (*fn)(void *arg), void *arg) {
       pause();
   }
   return pid;
+}
+
+/*
+ * Names n segments "<tag>" in sh->names, forks a lingering child that runs fn(sh) (an owner, to
+ * be killed), and waits until fn set sh->ready. Returns the child.
+ */
+static pid_t start_owner(struct shared *sh, const char *tag, int n, void (*fn)(void *arg)) {
+  for (int i = 0; i < n; i++)
+    unique(sh->names[i], tag);
+  pid_t pid = fork_lingering(fn, sh);
+  WAIT_UNTIL(sh->ready);
+  return pid;
+}
+
+/* Reads what a helper printed first, and checks that it is `want`. Closes `out`. */
+static void expect_output(int out, const char *want) {
+  char buf[16] = { 0 };
+  CHECK(read(out, buf, sizeof buf - 1) > 0);
+  close(out);
+  CHECK(strcmp(buf, want) == 0);
 }
 
 /* ---- Create, attach, share ------------------------------------------------------------------- */
@@ -142,8 +163,10 @@ TEST(create_attach_and_accessors) {
   CHECK(strcmp(tdm_shm_addr(a), "hello") == 0);
   ((char *)tdm_shm_addr(a))[0] = 'j';
   CHECK(p[0] == 'j');
-  /* A smaller expected size is fine, and the whole segment is mapped. */
-  tdm_shm *b = attach(name, 4096, 0);
+  /* A smaller expected size is fine, and the whole segment is mapped; TDM_SHM_NOOWN is
+   * accepted and changes nothing. */
+  tdm_shm *b = attach(name, 4096, TDM_SHM_NOOWN);
+  CHECK(!tdm_shm_owned(b));
   CHECK_EQ(tdm_shm_size(b), 10000);
   CHECK(tdm_shm_fd(b) != tdm_shm_fd(a));
 
@@ -281,11 +304,8 @@ TEST(anonymous_segment_passed_to_exec_child) {
   int out;
   pid_t pid = tdm_test_spawn_helper("attach_fd_and_write", args, &out);
   close(fd);
-  char buf[16] = { 0 };
-  CHECK(read(out, buf, sizeof buf - 1) > 0);
-  close(out);
+  expect_output(out, "done\n");
   tdm_test_wait_ok(pid);
-  CHECK(strcmp(buf, "done\n") == 0);
   CHECK(strcmp(tdm_shm_addr(s), "written by an exec'd helper") == 0);
   CHECK_OK(tdm_shm_close(s));
 }
@@ -457,10 +477,7 @@ static void child_owns_three(void *arg) {
 
 TEST(sigkilled_owner_segments_vanish) {
   struct shared *sh = shared_new();
-  for (int i = 0; i < 3; i++)
-    unique(sh->names[i], "killed");
-  pid_t pid = fork_lingering(child_owns_three, sh);
-  WAIT_UNTIL(sh->ready);
+  pid_t pid = start_owner(sh, "killed", 3, child_owns_three);
   for (int i = 0; i < 3; i++)
     CHECK(exists(sh->names[i]));
   tdm_test_kill_and_reap(pid);
@@ -486,10 +503,7 @@ TEST(sigkilled_exec_owner_segments_vanish) {
   char *args[] = { names[0], names[1], names[2], NULL };
   int out;
   pid_t pid = tdm_test_spawn_helper("owner_then_sleep", args, &out);
-  char buf[16] = { 0 };
-  CHECK(read(out, buf, sizeof buf - 1) > 0);
-  close(out);
-  CHECK(strcmp(buf, "ready\n") == 0);
+  expect_output(out, "ready\n");
   for (int i = 0; i < 3; i++)
     CHECK(exists(names[i]));
   tdm_test_kill_and_reap(pid);
@@ -518,10 +532,7 @@ TEST(owner_exec_removes) {
   char *args[] = { name, NULL };
   int out;
   pid_t pid = tdm_test_spawn_helper("owner_then_exec", args, &out);
-  char buf[16] = { 0 };
-  CHECK(read(out, buf, sizeof buf - 1) > 0);
-  close(out);
-  CHECK(strcmp(buf, "ready\n") == 0);
+  expect_output(out, "ready\n");
   /* The process lives on, but the program that held the handle is gone. */
   WAIT_UNTIL(!exists(name));
   CHECK(kill(pid, 0) == 0);
@@ -585,9 +596,7 @@ TEST(owner_death_seen_while_its_child_lives) {
   /* Orphans come to this process, so that the grandchild can be reaped here. */
   CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
   struct shared *sh = shared_new();
-  unique(sh->names[0], "grandchild");
-  pid_t owner = fork_lingering(owner_with_lingering_child, sh);
-  WAIT_UNTIL(sh->ready);
+  pid_t owner = start_owner(sh, "grandchild", 1, owner_with_lingering_child);
   CHECK(exists(sh->names[0]));
   tdm_test_kill_and_reap(owner);
   /* The child inherited no copy of the owner's end of the socket to its reaper. */
@@ -649,13 +658,11 @@ static void owner_with_handlers(void *arg) {
 
 TEST(reaper_survives_signals_to_the_process_group) {
   struct shared *sh = shared_new();
-  unique(sh->names[0], "group");
   signal(SIGINT, SIG_IGN);
   signal(SIGTERM, SIG_IGN);
   signal(SIGHUP, SIG_IGN);
   signal(SIGUSR1, SIG_IGN);
-  pid_t owner = fork_lingering(owner_with_handlers, sh);
-  WAIT_UNTIL(sh->ready);
+  pid_t owner = start_owner(sh, "group", 1, owner_with_handlers);
   /* What a Ctrl-C, a hang-up or a "kill the job" sends to the foreground group. */
   CHECK(kill(0, SIGINT) == 0);
   CHECK(kill(0, SIGTERM) == 0);
@@ -675,10 +682,7 @@ static void spare_namesake_owner(void *arg) {
 
 TEST(reaper_spares_a_namesake) {
   struct shared *sh = shared_new();
-  unique(sh->names[0], "reapsake");
-  unique(sh->names[1], "reapsake");
-  pid_t owner = fork_lingering(spare_namesake_owner, sh);
-  WAIT_UNTIL(sh->ready);
+  pid_t owner = start_owner(sh, "reapsake", 2, spare_namesake_owner);
   CHECK_OK(tdm_shm_unlink_name(sh->names[0]));
   tdm_shm *t = create_noown(sh->names[0], 4096);
   tdm_test_kill_and_reap(owner);
@@ -702,28 +706,49 @@ static int children(pid_t *out, int max) {
   return n;
 }
 
-static void owner_kills_its_reaper(void *arg) {
-  struct shared *sh = arg;
-  /* The reaper's intermediate parent exits at once: as a subreaper we adopt the reaper. */
+/*
+ * In a forked owner: creates sh->names[0], the process's first owned segment, and returns the
+ * reaper that started with it, adopted as a child (the reaper's intermediate parent exits at
+ * once, and the owner is a subreaper). Returns 0 and sets sh->skip where /proc does not list
+ * children.
+ */
+static pid_t first_owned_segment(struct shared *sh) {
   CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
   create(sh->names[0], 4096);
   pid_t kids[8];
   int n = children(kids, 8);
   if (n < 0) {
     sh->skip = 1;
+    return 0;
+  }
+  CHECK_EQ(n, 1);
+  return kids[0];
+}
+
+/* In the case: ends it as skipped when the owner set sh->skip. */
+static void skip_without_children(struct shared *sh, pid_t owner) {
+  if (!sh->skip) return;
+  tdm_test_kill_and_reap(owner);
+  tdm_shm_unlink_name(sh->names[0]);
+  tdm_test_skip("/proc/self/task/TID/children is missing");
+}
+
+static void owner_kills_its_reaper(void *arg) {
+  struct shared *sh = arg;
+  pid_t reaper = first_owned_segment(sh);
+  if (reaper == 0) {
     sh->ready = 1;
     return;
   }
-  CHECK_EQ(n, 1);
   char path[64], comm[32] = { 0 };
-  snprintf(path, sizeof path, "/proc/%d/comm", (int)kids[0]);
+  snprintf(path, sizeof path, "/proc/%d/comm", (int)reaper);
   FILE *f = fopen(path, "r");
   CHECK(f != NULL);
   CHECK(fgets(comm, sizeof comm, f) != NULL);
   fclose(f);
   CHECK(strcmp(comm, "tdm-shm-reaper\n") == 0);
-  CHECK(kill(kids[0], SIGKILL) == 0);
-  CHECK(waitpid(kids[0], NULL, 0) == kids[0]);
+  CHECK(kill(reaper, SIGKILL) == 0);
+  CHECK(waitpid(reaper, NULL, 0) == reaper);
   /* The next message finds it dead: a new reaper is started and told both names. */
   create(sh->names[1], 4096);
   sh->ready = 1;
@@ -731,52 +756,31 @@ static void owner_kills_its_reaper(void *arg) {
 
 TEST(dead_reaper_is_replaced) {
   struct shared *sh = shared_new();
-  unique(sh->names[0], "replaced");
-  unique(sh->names[1], "replaced");
-  pid_t owner = fork_lingering(owner_kills_its_reaper, sh);
-  WAIT_UNTIL(sh->ready);
-  if (sh->skip) {
-    tdm_test_kill_and_reap(owner);
-    tdm_shm_unlink_name(sh->names[0]);
-    tdm_test_skip("/proc/self/task/TID/children is missing");
-  }
+  pid_t owner = start_owner(sh, "replaced", 2, owner_kills_its_reaper);
+  skip_without_children(sh, owner);
   CHECK(exists(sh->names[0]) && exists(sh->names[1]));
   tdm_test_kill_and_reap(owner);
   WAIT_UNTIL(!exists(sh->names[0]) && !exists(sh->names[1]));
 }
 
-/* An owner whose memory is large before its first owned segment. */
-struct big_owner {
-  volatile int ready, skip;
-  volatile pid_t reaper;
-  volatile uintptr_t start, end; /* the owner's private region */
-  char name[NAME_LEN];
-};
-
 #define BIG_REGION ((size_t)64 << 20)
 
+/* An owner whose memory is large before its first owned segment: sh->pid is its reaper, and
+ * [sh->start, sh->end) its private region. */
 static void owner_with_a_big_region(void *arg) {
-  struct big_owner *b = arg;
-  /* The reaper's intermediate parent exits at once: as a subreaper we adopt the reaper. */
-  CHECK(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+  struct shared *sh = arg;
   char *big = mmap(NULL, BIG_REGION, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   CHECK(big != MAP_FAILED);
   memset(big, 0x5a, BIG_REGION);
-  create(b->name, 4096); /* the first owned segment: starts the reaper */
-  pid_t kids[8];
-  int n = children(kids, 8);
-  if (n < 0) {
-    b->skip = 1;
-    b->ready = 1;
-    return;
+  pid_t reaper = first_owned_segment(sh);
+  if (reaper != 0) {
+    /* Written again after the start: a forked reaper would make the owner copy all of it. */
+    memset(big, 0xa5, BIG_REGION);
+    sh->start = (uintptr_t)big;
+    sh->end = (uintptr_t)big + BIG_REGION;
+    sh->pid = reaper;
   }
-  CHECK_EQ(n, 1);
-  /* Written again after the start: a forked reaper would make the owner copy all of it. */
-  memset(big, 0xa5, BIG_REGION);
-  b->start = (uintptr_t)big;
-  b->end = (uintptr_t)big + BIG_REGION;
-  b->reaper = kids[0];
-  b->ready = 1;
+  sh->ready = 1;
 }
 
 /* The value of `field` ("VmRSS:") in /proc/PID/status, in kB; -1 if missing. */
@@ -793,42 +797,36 @@ static long status_kb(pid_t pid, const char *field) {
 }
 
 TEST(reaper_is_a_fresh_exec_sharing_no_memory) {
-  struct big_owner *b = tdm_test_shared(sizeof *b);
-  unique(b->name, "exec");
-  pid_t owner = fork_lingering(owner_with_a_big_region, b);
-  WAIT_UNTIL(b->ready);
-  if (b->skip) {
-    tdm_test_kill_and_reap(owner);
-    tdm_shm_unlink_name(b->name);
-    tdm_test_skip("/proc/self/task/TID/children is missing");
-  }
+  struct shared *sh = shared_new();
+  pid_t owner = start_owner(sh, "exec", 1, owner_with_a_big_region);
+  skip_without_children(sh, owner);
   char path[64], buf[512];
   /* The same program file, started again, under the reaper's own name. */
   struct stat mine, its;
-  snprintf(path, sizeof path, "/proc/%d/exe", (int)b->reaper);
+  snprintf(path, sizeof path, "/proc/%d/exe", (int)sh->pid);
   CHECK(stat(path, &its) == 0);
   CHECK(stat("/proc/self/exe", &mine) == 0);
   CHECK(its.st_dev == mine.st_dev && its.st_ino == mine.st_ino);
   /* Nothing of the owner's address space: not even the mapping of its region. */
-  snprintf(path, sizeof path, "/proc/%d/maps", (int)b->reaper);
+  snprintf(path, sizeof path, "/proc/%d/maps", (int)sh->pid);
   FILE *f = fopen(path, "r");
   CHECK(f != NULL);
   int lines = 0;
   while (fgets(buf, sizeof buf, f) != NULL) {
     unsigned long lo, hi;
     CHECK(sscanf(buf, "%lx-%lx", &lo, &hi) == 2);
-    CHECK(hi <= b->start || lo >= b->end);
+    CHECK(hi <= sh->start || lo >= sh->end);
     lines++;
   }
   fclose(f);
   CHECK(lines > 0);
   /* And its resident memory is its own start-up's, far below the owner's region. */
-  long rss = status_kb(b->reaper, "VmRSS:");
+  long rss = status_kb(sh->pid, "VmRSS:");
   CHECK(rss > 0);
   CHECK(rss < (long)(BIG_REGION / 1024 / 2));
   CHECK(status_kb(owner, "VmRSS:") >= (long)(BIG_REGION / 1024));
   /* Named as the exec named it. */
-  snprintf(path, sizeof path, "/proc/%d/cmdline", (int)b->reaper);
+  snprintf(path, sizeof path, "/proc/%d/cmdline", (int)sh->pid);
   f = fopen(path, "r");
   CHECK(f != NULL);
   size_t n = fread(buf, 1, sizeof buf - 1, f);
@@ -836,7 +834,7 @@ TEST(reaper_is_a_fresh_exec_sharing_no_memory) {
   CHECK(n == sizeof "tdm-shm-reaper" && memcmp(buf, "tdm-shm-reaper", n) == 0);
 
   tdm_test_kill_and_reap(owner);
-  WAIT_UNTIL(!exists(b->name));
+  WAIT_UNTIL(!exists(sh->names[0]));
 }
 
 /* The dynamic loader named in this program's PT_INTERP, or NULL for a static program. */
@@ -877,10 +875,7 @@ TEST(owner_started_through_the_loader_still_has_a_reaper) {
     _exit(127);
   }
   close(fds[1]);
-  char buf[16] = { 0 };
-  CHECK(read(fds[0], buf, sizeof buf - 1) > 0);
-  close(fds[0]);
-  CHECK(strcmp(buf, "ready\n") == 0);
+  expect_output(fds[0], "ready\n");
   CHECK(exists(names[0]) && exists(names[1]));
   tdm_test_kill_and_reap(pid);
   WAIT_UNTIL(!exists(names[0]) && !exists(names[1]));
@@ -939,6 +934,7 @@ TEST(bad_names_sizes_flags) {
   CHECK_ERR(tdm_shm_attach(&s, name, 0, &o), -EINVAL);
   o = (tdm_shm_options){ .flags = TDM_SHM_OWN | TDM_SHM_NOOWN };
   CHECK_ERR(tdm_shm_create(&s, name, 4096, &o), -EINVAL);
+  CHECK_ERR(tdm_shm_attach(&s, name, 0, &o), -EINVAL);
   o = (tdm_shm_options){ .mode = 04600 };
   CHECK_ERR(tdm_shm_create(&s, name, 4096, &o), -EINVAL);
 
@@ -1060,6 +1056,75 @@ TEST(no_descriptor_leaks) {
   CHECK_EQ(count_mine(getpid()), 0);
 }
 
+#define FD_LIMIT 64
+
+/* Takes every free descriptor below the limit but `spare`; returns how many, in fds. */
+static int take_fds(int fds[FD_LIMIT], int spare) {
+  int n = 0, fd;
+  while ((fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0) {
+    CHECK(n < FD_LIMIT);
+    fds[n++] = fd;
+  }
+  CHECK_EQ(errno, EMFILE);
+  CHECK(n >= spare);
+  for (int i = 0; i < spare; i++)
+    close(fds[--n]);
+  return n;
+}
+
+static void give_fds(const int fds[FD_LIMIT], int n) {
+  while (n > 0)
+    close(fds[--n]);
+}
+
+TEST(descriptor_limit_is_emfile_and_leaves_nothing) {
+  char name[NAME_LEN], other[NAME_LEN];
+  unique(name, "emfile");
+  unique(other, "emfile");
+  tdm_shm *anon = create(NULL, 4096);
+  tdm_shm *t = create_noown(other, 4096);
+  struct rlimit rl;
+  CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0);
+  rl.rlim_cur = FD_LIMIT;
+  CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+  tdm_shm *s = NULL;
+  tdm_shm_options own = { .flags = TDM_SHM_OWN };
+  int fds[FD_LIMIT];
+
+  /* None free: the segment's own descriptor cannot be had. */
+  int n = take_fds(fds, 0);
+  CHECK_ERR(tdm_shm_create(&s, name, 4096, NULL), -EMFILE);
+  CHECK_ERR(tdm_shm_create(&s, NULL, 4096, NULL), -EMFILE);
+  CHECK_ERR(tdm_shm_attach(&s, other, 0, NULL), -EMFILE);
+  CHECK_ERR(tdm_shm_attach_fd(&s, tdm_shm_fd(anon), 0), -EMFILE);
+  CHECK(!exists(name));
+  give_fds(fds, n);
+
+  /* One free: the segment's file opens, the socket to a new reaper does not. Each failure
+   * gives the descriptor back, or the last create would fail. */
+  n = take_fds(fds, 1);
+  CHECK_ERR(tdm_shm_create(&s, name, 4096, NULL), -EMFILE);
+  CHECK(!exists(name));
+  CHECK_ERR(tdm_shm_attach(&s, other, 0, &own), -EMFILE);
+  CHECK(exists(other));
+  CHECK(s == NULL);
+  s = create_noown(name, 4096);
+  CHECK_ERR(tdm_shm_own(s), -EMFILE);
+  CHECK(!tdm_shm_owned(s));
+  CHECK_OK(tdm_shm_close(s));
+  CHECK(exists(name)); /* not owned: the close removed nothing */
+  give_fds(fds, n);
+
+  /* With descriptors to spare, owning works again. */
+  s = attach(name, 0, TDM_SHM_OWN);
+  CHECK_OK(tdm_shm_close(s));
+  CHECK(!exists(name));
+  CHECK_OK(tdm_shm_unlink(t));
+  CHECK_OK(tdm_shm_close(t));
+  CHECK_OK(tdm_shm_close(anon));
+  CHECK_EQ(count_mine(getpid()), 0);
+}
+
 /* The longest name there is, made unique by `i`. */
 static void longest_name(char *buf, int i) {
   int n = snprintf(buf, TDM_SHM_NAME_MAX + 2, "/tdm-test-%d-full-%d-", (int)getpid(), i);
@@ -1101,8 +1166,7 @@ TEST(full_reaper_table_is_enomem) {
   rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > 8192 ? 8192 : rl.rlim_max;
   CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
   struct shared *sh = shared_new();
-  pid_t owner = fork_lingering(fill_the_reaper, sh);
-  WAIT_UNTIL(sh->ready);
+  pid_t owner = start_owner(sh, "full", 0, fill_the_reaper);
   CHECK_EQ(count_mine(owner), sh->ready);
   tdm_test_kill_and_reap(owner);
   /* The reaper held them all. */

@@ -18,7 +18,8 @@
  * socket closes. The reaper is not a child of the owner (waitpid(-1) never sees it), sits in a
  * session of its own (terminal signals do not reach it) and lives until the owner is gone. It
  * is a fresh exec of the program (its main() never runs there), so it shares none of the
- * owner's memory: the owner's later writes to its heap cost no copies.
+ * owner's memory: the owner's later writes to its heap cost no copies (where the program
+ * cannot be started again, as under "ld.so program", it stays a fork: see docs/shm.md).
  * Attaching a segment does not take ownership unless TDM_SHM_OWN is asked for, so an attacher
  * that exits never removes a segment that others still use (Python's resource_tracker problem,
  * gh-82300, does not exist here). Ownership can be handed over: the new owner calls
@@ -238,19 +239,24 @@ TDM_API void *tdm_array_data(tdm_array *a);
 TDM_API tdm_rlock *tdm_array_lock(tdm_array *a);
 
 /*
- * Copies element i into *out (tdm_type_size() bytes), under the array's lock if it has one.
+ * Copies element i into *out (tdm_type_size() bytes), under the array's lock if it has one,
+ * with one atomic load of the element's width (never torn, with or without the lock).
  * Returns 0; -ERANGE when i is out of range; -EOWNERDEAD as tdm_rlock_acquire() (the element
- * was copied; it may hold a half-made update of the process that died).
+ * was copied; it may hold a half-made update of the process that died); -ENOTSUP as
+ * tdm_rlock_acquire() (nothing copied). The same holds for set, read and write below.
  */
 TDM_API int tdm_array_get(tdm_array *a, size_t i, void *out);
 
-/* Stores *in into element i, under the lock if any. Returns 0, -ERANGE or -EOWNERDEAD. */
+/* Stores *in into element i with one atomic store, under the lock if any. Errors as get. */
 TDM_API int tdm_array_set(tdm_array *a, size_t i, const void *in);
 
-/* Copies elements [start, start+n) into out, under the lock. Returns 0, -ERANGE, -EOWNERDEAD. */
+/*
+ * Copies elements [start, start+n) into out, under the lock if any. An empty range is fine at
+ * any start up to the length; -ERANGE when the range does not fit. Errors as get.
+ */
 TDM_API int tdm_array_read(tdm_array *a, size_t start, size_t n, void *out);
 
-/* Copies n elements from in into [start, start+n), under the lock. 0, -ERANGE, -EOWNERDEAD. */
+/* Copies n elements from in into [start, start+n), under the lock if any. Errors as read. */
 TDM_API int tdm_array_write(tdm_array *a, size_t start, size_t n, const void *in);
 
 /*
@@ -304,24 +310,35 @@ TDM_API tdm_arena *tdm_arena_check(void *mem);
 
 /*
  * Allocates `size` bytes (16-byte aligned, not zeroed) and stores their offset in *off.
- * Returns 0; -EINVAL for a size of 0; -ENOMEM when no free block is large enough. Repairs the
- * arena first if a process died while using it (see tdm_arena_repairs()).
+ * Returns 0; -EINVAL for a size of 0; -ENOMEM when no free block is large enough; -ENOTSUP as
+ * tdm_lock_acquire() (a thread without a usable robust list). Repairs the arena first if a
+ * process died while using it (see tdm_arena_repairs()).
  */
 TDM_API int tdm_arena_alloc(tdm_arena *a, size_t size, uint64_t *off);
 
 /*
- * Frees the block at `off`. Freeing an offset that is not an allocated block (or freeing twice)
- * is a bug: it aborts with a message when tandem can tell.
+ * Frees the block at `off`, from any process that maps the arena. Freeing an offset that is
+ * not an allocated block (or freeing twice) is a bug: it aborts with a message when tandem can
+ * tell. Repairs the arena first, as tdm_arena_alloc() does.
  */
 TDM_API void tdm_arena_free(tdm_arena *a, uint64_t off);
 
-/* The address of the block at `off` in the calling process. */
+/*
+ * The address of the block at `off` in the calling process; aborts for an offset outside the
+ * heap. Takes no lock.
+ */
 TDM_API void *tdm_arena_ptr(tdm_arena *a, uint64_t off);
 
-/* The offset of the block at address `p` (a pointer tdm_arena_ptr() returned). */
+/*
+ * The offset of the block at address `p` (a pointer tdm_arena_ptr() returned); aborts for an
+ * address outside the heap. Takes no lock.
+ */
 TDM_API uint64_t tdm_arena_off(const tdm_arena *a, const void *p);
 
-/* The usable size of the block at `off` (at least what was asked for). */
+/*
+ * The usable size of the block at `off` (at least what was asked for); checks `off` as
+ * tdm_arena_free() does.
+ */
 TDM_API size_t tdm_arena_block_size(tdm_arena *a, uint64_t off);
 
 /* Bytes in allocated blocks, their headers included. */

@@ -59,9 +59,8 @@
  */
 #include <string.h>
 
-#include "base/internal.h"
+#include "shm/shm.h"
 #include "sync/sync.h"
-#include "tandem/shm.h"
 
 #define ARENA_MAGIC  TDM__MAGIC('T', 'A', 'R', 'N')
 #define ARENA_LAYOUT 1
@@ -95,12 +94,7 @@ _Static_assert(offsetof(tdm_arena, lock_) % 8 == 0, "the lock's words are aligne
 _Static_assert(MAP_WORDS == 6, "the bitmap is 6 words");
 _Static_assert(TABLE % 16 == 0, "the table is aligned");
 
-#define CHECK_ARENA(a, what)                                                                    \
-  TDM__REQUIRE((a) != NULL && __atomic_load_n(&(a)->magic_, __ATOMIC_RELAXED) == ARENA_MAGIC && \
-                   (a)->version_ == ARENA_LAYOUT,                                               \
-               "%s: %p is not an initialised arena (never initialised, overwritten, or from "   \
-               "another layout version)",                                                       \
-               (what), (const void *)(a))
+#define CHECK_ARENA(a, what) TDM__SHM_CHECK(a, ARENA_MAGIC, ARENA_LAYOUT, "arena", what)
 
 /* ---- Words of the region --------------------------------------------------------------------- */
 
@@ -358,16 +352,24 @@ static const char *check_block(tdm_arena *a, uint64_t off) {
   return NULL;
 }
 
-void tdm_arena_free(tdm_arena *a, uint64_t off) {
-  CHECK_ARENA(a, "tdm_arena_free");
-  lock_or_abort(a, "tdm_arena_free");
+/*
+ * Takes the lock and returns the header of the used block whose payload is at `off`; aborts
+ * (with the lock released) when there is none. `what` names the public call.
+ */
+static uint64_t lock_block(tdm_arena *a, uint64_t off, const char *what) {
+  lock_or_abort(a, what);
   const char *why = check_block(a, off);
   if (why != NULL) {
     unlock_arena(a);
-    tdm__misuse("tdm_arena_free: offset %llu is not an allocated block of arena %p (%s)",
+    tdm__misuse("%s: offset %llu is not an allocated block of arena %p (%s)", what,
                 (unsigned long long)off, (void *)a, why);
   }
-  uint64_t h = off - HDR, size = block_size(a, h);
+  return off - HDR;
+}
+
+void tdm_arena_free(tdm_arena *a, uint64_t off) {
+  CHECK_ARENA(a, "tdm_arena_free");
+  uint64_t h = lock_block(a, off, "tdm_arena_free"), size = block_size(a, h);
   a->used_ -= size;
   hstore(a, h, TAG | size); /* the free itself */
 
@@ -411,14 +413,7 @@ uint64_t tdm_arena_off(const tdm_arena *a, const void *p) {
 
 size_t tdm_arena_block_size(tdm_arena *a, uint64_t off) {
   CHECK_ARENA(a, "tdm_arena_block_size");
-  lock_or_abort(a, "tdm_arena_block_size");
-  const char *why = check_block(a, off);
-  if (why != NULL) {
-    unlock_arena(a);
-    tdm__misuse("tdm_arena_block_size: offset %llu is not an allocated block of arena %p (%s)",
-                (unsigned long long)off, (void *)a, why);
-  }
-  uint64_t size = block_size(a, off - HDR) - HDR;
+  uint64_t size = block_size(a, lock_block(a, off, "tdm_arena_block_size")) - HDR;
   unlock_arena(a);
   return (size_t)size;
 }

@@ -31,8 +31,7 @@
  */
 #include <string.h>
 
-#include "base/internal.h"
-#include "tandem/shm.h"
+#include "shm/shm.h"
 
 #define ARRAY_MAGIC  TDM__MAGIC('T', 'A', 'R', 'Y')
 #define ARRAY_LAYOUT 1
@@ -43,13 +42,7 @@ _Static_assert(sizeof(tdm_array) == HEADER_SIZE, "tdm_array layout");
 _Static_assert(sizeof(tdm_rlock) == LOCK_SIZE, "the lock sits between header and elements");
 _Static_assert(HEADER_SIZE % 16 == 0 && LOCK_SIZE % 16 == 0, "elements stay 16-byte aligned");
 
-/* Aborts unless `a` is an initialised array; `what` names the public call for the message. */
-#define CHECK_ARRAY(a, what)                                                                    \
-  TDM__REQUIRE((a) != NULL && __atomic_load_n(&(a)->magic_, __ATOMIC_RELAXED) == ARRAY_MAGIC && \
-                   (a)->version_ == ARRAY_LAYOUT,                                               \
-               "%s: %p is not an initialised array (never initialised, overwritten, or from "   \
-               "another layout version)",                                                       \
-               (what), (const void *)(a))
+#define CHECK_ARRAY(a, what) TDM__SHM_CHECK(a, ARRAY_MAGIC, ARRAY_LAYOUT, "array", what)
 
 size_t tdm_type_size(tdm_type type) {
   switch (type) {
@@ -223,84 +216,83 @@ static void store_elem(unsigned char *p, size_t es, const void *in) {
   }
 }
 
+/*
+ * The body of get/set/read/write: copies elements [start, start+n) into `out`, or from `in`
+ * when it is not NULL, under the lock if the array has one. A single element is copied with
+ * one atomic access of its width, a range with memcpy. Returns 0, -ERANGE (nothing copied),
+ * -EOWNERDEAD (copied), or another error of the lock (nothing copied).
+ */
+static int copy(tdm_array *a, size_t start, size_t n, void *out, const void *in) {
+  if (!range_ok(a, start, n)) return -ERANGE;
+  int r = lock(a);
+  if (r != 0 && r != -EOWNERDEAD) return r;
+  size_t es = a->elem_size_;
+  unsigned char *p = elems(a) + start * es;
+  if (n == 1 && in != NULL)
+    store_elem(p, es, in);
+  else if (n == 1)
+    load_elem(p, es, out);
+  else if (n > 0 && in != NULL)
+    memcpy(p, in, n * es);
+  else if (n > 0)
+    memcpy(out, p, n * es);
+  unlock(a);
+  return r;
+}
+
 int tdm_array_get(tdm_array *a, size_t i, void *out) {
   CHECK_ARRAY(a, "tdm_array_get");
   TDM__REQUIRE(out != NULL, "tdm_array_get: out is NULL");
-  if (i >= a->len_) return -ERANGE;
-  int r = lock(a);
-  if (r != 0 && r != -EOWNERDEAD) return r;
-  load_elem(elems(a) + i * a->elem_size_, a->elem_size_, out);
-  unlock(a);
-  return r;
+  return copy(a, i, 1, out, NULL);
 }
 
 int tdm_array_set(tdm_array *a, size_t i, const void *in) {
   CHECK_ARRAY(a, "tdm_array_set");
   TDM__REQUIRE(in != NULL, "tdm_array_set: in is NULL");
-  if (i >= a->len_) return -ERANGE;
-  int r = lock(a);
-  if (r != 0 && r != -EOWNERDEAD) return r;
-  store_elem(elems(a) + i * a->elem_size_, a->elem_size_, in);
-  unlock(a);
-  return r;
+  return copy(a, i, 1, NULL, in);
 }
 
 int tdm_array_read(tdm_array *a, size_t start, size_t n, void *out) {
   CHECK_ARRAY(a, "tdm_array_read");
   TDM__REQUIRE(out != NULL || n == 0, "tdm_array_read: out is NULL");
-  if (!range_ok(a, start, n)) return -ERANGE;
-  int r = lock(a);
-  if (r != 0 && r != -EOWNERDEAD) return r;
-  if (n > 0) memcpy(out, elems(a) + start * a->elem_size_, n * a->elem_size_);
-  unlock(a);
-  return r;
+  return copy(a, start, n, out, NULL);
 }
 
 int tdm_array_write(tdm_array *a, size_t start, size_t n, const void *in) {
   CHECK_ARRAY(a, "tdm_array_write");
   TDM__REQUIRE(in != NULL || n == 0, "tdm_array_write: in is NULL");
-  if (!range_ok(a, start, n)) return -ERANGE;
-  int r = lock(a);
-  if (r != 0 && r != -EOWNERDEAD) return r;
-  if (n > 0) memcpy(elems(a) + start * a->elem_size_, in, n * a->elem_size_);
-  unlock(a);
-  return r;
+  return copy(a, start, n, NULL, in);
 }
 
 /* ---- Atomic add ------------------------------------------------------------------------------ */
+
+/* One atomic fetch-and-add of `es` bytes; returns the bits before, zero-extended. */
+static uint64_t fetch_add(void *p, size_t es, uint64_t d) {
+  /* Unsigned arithmetic wraps by definition; the conversions keep the low bits of d. */
+  switch (es) {
+  case 1:
+    return __atomic_fetch_add((uint8_t *)p, (uint8_t)d, __ATOMIC_SEQ_CST);
+  case 2:
+    return __atomic_fetch_add((uint16_t *)p, (uint16_t)d, __ATOMIC_SEQ_CST);
+  case 4:
+    return __atomic_fetch_add((uint32_t *)p, (uint32_t)d, __ATOMIC_SEQ_CST);
+  default:
+    return __atomic_fetch_add((uint64_t *)p, d, __ATOMIC_SEQ_CST);
+  }
+}
 
 int tdm_array_add(tdm_array *a, size_t i, int64_t delta, int64_t *old) {
   CHECK_ARRAY(a, "tdm_array_add");
   tdm_type type = (tdm_type)a->type_;
   if (type == TDM_TYPE_F32 || type == TDM_TYPE_F64) return -EINVAL;
   if (i >= a->len_) return -ERANGE;
-  void *p = elems(a) + i * a->elem_size_;
-  /* Unsigned arithmetic wraps by definition; the conversions below keep the low bits. */
-  uint64_t d = (uint64_t)delta;
-  int64_t before;
-  switch (type) {
-  case TDM_TYPE_I8:
-    before = (int8_t)__atomic_fetch_add((uint8_t *)p, (uint8_t)d, __ATOMIC_SEQ_CST);
-    break;
-  case TDM_TYPE_U8:
-    before = __atomic_fetch_add((uint8_t *)p, (uint8_t)d, __ATOMIC_SEQ_CST);
-    break;
-  case TDM_TYPE_I16:
-    before = (int16_t)__atomic_fetch_add((uint16_t *)p, (uint16_t)d, __ATOMIC_SEQ_CST);
-    break;
-  case TDM_TYPE_U16:
-    before = __atomic_fetch_add((uint16_t *)p, (uint16_t)d, __ATOMIC_SEQ_CST);
-    break;
-  case TDM_TYPE_I32:
-    before = (int32_t)__atomic_fetch_add((uint32_t *)p, (uint32_t)d, __ATOMIC_SEQ_CST);
-    break;
-  case TDM_TYPE_U32:
-    before = __atomic_fetch_add((uint32_t *)p, (uint32_t)d, __ATOMIC_SEQ_CST);
-    break;
-  default: /* I64, U64: a U64 above INT64_MAX comes back as its two's-complement bits */
-    before = (int64_t)__atomic_fetch_add((uint64_t *)p, d, __ATOMIC_SEQ_CST);
-    break;
+  size_t es = a->elem_size_;
+  uint64_t before = fetch_add(elems(a) + i * es, es, (uint64_t)delta);
+  if (es < 8 && (type == TDM_TYPE_I8 || type == TDM_TYPE_I16 || type == TDM_TYPE_I32)) {
+    uint64_t sign = UINT64_C(1) << (8 * es - 1); /* sign-extends the es-byte value */
+    before = (before ^ sign) - sign;
   }
-  if (old) *old = before;
+  /* A U64 above INT64_MAX comes back as its two's-complement bits. */
+  if (old) *old = (int64_t)before;
   return 0;
 }

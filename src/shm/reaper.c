@@ -316,19 +316,6 @@ static void forget_fd_locked(bool close_it) {
   owner.fd = -1;
 }
 
-static int send_all(int fd, const char *buf, size_t n) {
-  while (n > 0) {
-    ssize_t w = send(fd, buf, n, MSG_NOSIGNAL);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    buf += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 /*
  * How a reaper execs this program, from tdm__exec_self_plan() in the constructor: 0, 1 (add
  * `self_path` to LD_PRELOAD), or a negative errno (no exec: the reaper stays a fork).
@@ -471,9 +458,10 @@ static int restart_locked(void) {
   int r = start_locked();
   for (struct tdm__shm_owner *o = owner.head.next; r == 0 && o != &owner.head; o = o->next) {
     char buf[LINE_BYTES];
-    r = send_all(owner.fd, buf, format_line(buf, '+', o));
-    /* Keep a reaper that did not get everything: closing would make it remove what it got. */
-    if (r == -EPIPE || r == -ECONNRESET) forget_fd_locked(true);
+    r = tdm__send_all(owner.fd, buf, format_line(buf, '+', o));
+    /* A dead reaper is dropped; one that failed otherwise is kept, as closing its socket would
+     * make it remove the names it got. */
+    if (r == -EPIPE) forget_fd_locked(true);
   }
   return r;
 }
@@ -491,8 +479,8 @@ static bool fd_is_ours_locked(void) {
 static int send_locked(const char *buf, size_t n) {
   if (owner.fd >= 0 && !fd_is_ours_locked()) forget_fd_locked(false); /* not ours to close */
   if (owner.fd >= 0) {
-    int r = send_all(owner.fd, buf, n);
-    if (r != -EPIPE && r != -ECONNRESET) return r;
+    int r = tdm__send_all(owner.fd, buf, n); /* a dead reaper is -EPIPE, never SIGPIPE */
+    if (r != -EPIPE) return r;
     forget_fd_locked(true);
   }
   return restart_locked();

@@ -41,8 +41,7 @@ struct tdm_shm {
   size_t size;
   int fd;
   bool named;
-  dev_t dev; /* the file's identity, for removal by inode */
-  ino_t ino;
+  dev_t dev;                   /* the file's identity, with owner.ino, for removal by inode */
   struct tdm__shm_owner owner; /* ownership record (reaper.c) */
   char name[];                 /* "/name" for a named segment */
 };
@@ -97,13 +96,9 @@ static void free_handle(tdm_shm *s) {
   tdm__free(s);
 }
 
-static int record_identity(tdm_shm *s) {
-  struct stat st;
-  if (fstat(s->fd, &st) != 0) return -errno;
-  s->dev = st.st_dev;
-  s->ino = st.st_ino;
-  s->owner.ino = (uint64_t)st.st_ino;
-  return 0;
+static void record_identity(tdm_shm *s, const struct stat *st) {
+  s->dev = st->st_dev;
+  s->owner.ino = (uint64_t)st->st_ino;
 }
 
 /* Removes the handle's name if it still names the handle's file. Returns 0 or -errno. */
@@ -112,7 +107,7 @@ static int unlink_if_same(const tdm_shm *s) {
   make_path(path, s->name + 1);
   struct stat st;
   if (lstat(path, &st) != 0) return -errno;
-  if (st.st_dev != s->dev || st.st_ino != s->ino) return -ENOENT;
+  if (st.st_dev != s->dev || (uint64_t)st.st_ino != s->owner.ino) return -ENOENT;
   return unlink(path) == 0 ? 0 : -errno;
 }
 
@@ -147,9 +142,7 @@ static int map_existing(tdm_shm *s, size_t want) {
   if (!S_ISREG(st.st_mode) || st.st_size <= 0 || (uintmax_t)st.st_size < (uintmax_t)want)
     return -EINVAL;
   if ((uintmax_t)st.st_size > (uintmax_t)max_size()) return -EFBIG;
-  s->dev = st.st_dev;
-  s->ino = st.st_ino;
-  s->owner.ino = (uint64_t)st.st_ino;
+  record_identity(s, &st);
   return map(s, (size_t)st.st_size);
 }
 
@@ -158,7 +151,9 @@ static int create_named(tdm_shm *s, size_t size, unsigned mode, bool own) {
   make_path(path, s->name + 1);
   s->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
   if (s->fd < 0) return -errno;
-  int r = record_identity(s);
+  struct stat st;
+  int r = fstat(s->fd, &st) == 0 ? 0 : -errno;
+  if (r == 0) record_identity(s, &st);
   if (r == 0 && own) r = tdm__shm_own(&s->owner);
   if (r == 0) r = reserve(s->fd, size);
   if (r == 0) r = map(s, size);
@@ -179,14 +174,17 @@ static int create_anonymous(tdm_shm *s, size_t size) {
   return r;
 }
 
+/* Known flags, and not TDM_SHM_OWN with TDM_SHM_NOOWN. */
+static bool flags_ok(unsigned flags) {
+  const unsigned both = TDM_SHM_OWN | TDM_SHM_NOOWN;
+  return (flags & ~both) == 0 && (flags & both) != both;
+}
+
 int tdm_shm_create(tdm_shm **out, const char *name, size_t size, const tdm_shm_options *opt) {
   TDM__REQUIRE(out != NULL, "tdm_shm_create: out is NULL");
   unsigned flags = opt != NULL ? opt->flags : 0;
   unsigned mode = opt != NULL && opt->mode != 0 ? opt->mode : 0600;
-  if ((flags & ~(TDM_SHM_OWN | TDM_SHM_NOOWN)) != 0 ||
-      (flags & (TDM_SHM_OWN | TDM_SHM_NOOWN)) == (TDM_SHM_OWN | TDM_SHM_NOOWN) ||
-      (mode & ~0777u) != 0 || size == 0)
-    return -EINVAL;
+  if (!flags_ok(flags) || (mode & ~0777u) != 0 || size == 0) return -EINVAL;
   const char *base = NULL;
   size_t len = 0;
   if (name != NULL) {
@@ -210,9 +208,7 @@ int tdm_shm_create(tdm_shm **out, const char *name, size_t size, const tdm_shm_o
 int tdm_shm_attach(tdm_shm **out, const char *name, size_t size, const tdm_shm_options *opt) {
   TDM__REQUIRE(out != NULL, "tdm_shm_attach: out is NULL");
   unsigned flags = opt != NULL ? opt->flags : 0;
-  if ((flags & ~(TDM_SHM_OWN | TDM_SHM_NOOWN)) != 0 ||
-      (flags & (TDM_SHM_OWN | TDM_SHM_NOOWN)) == (TDM_SHM_OWN | TDM_SHM_NOOWN))
-    return -EINVAL;
+  if (!flags_ok(flags)) return -EINVAL;
   const char *base;
   size_t len;
   int r = check_name(name, &base, &len);

@@ -1,7 +1,8 @@
 /*
- * shm.h (private): what segment.c and reaper.c share. segment.c makes and maps segments;
+ * shm.h (private): what the files of src/shm share. segment.c makes and maps segments;
  * reaper.c keeps the calling process's list of owned names and the reaper process that removes
  * them when the process dies. The two meet in one record, embedded in every segment handle.
+ * array.c and arena.c share only the check of their headers.
  */
 #ifndef TDM_SHM_INTERNAL_H
 #define TDM_SHM_INTERNAL_H
@@ -13,6 +14,18 @@
 #include "base/internal.h"
 #include "platform/platform.h"
 #include "tandem/shm.h"
+
+/*
+ * Aborts unless `obj` (a tdm_array or tdm_arena) holds the magic number `magic` and the layout
+ * version `layout`; `kind` ("array", "arena") and `what` (the public call) name them in the
+ * message.
+ */
+#define TDM__SHM_CHECK(obj, magic, layout, kind, what)                                          \
+  TDM__REQUIRE((obj) != NULL && __atomic_load_n(&(obj)->magic_, __ATOMIC_RELAXED) == (magic) && \
+                   (obj)->version_ == (layout),                                                 \
+               "%s: %p is not an initialised " kind " (never initialised, overwritten, or "     \
+               "from another layout version)",                                                  \
+               (what), (const void *)(obj))
 
 /*
  * A path in TDM__SHM_DIR (platform.h: where named segments live, the directory glibc's
