@@ -57,6 +57,22 @@ static struct shared *shared_new(void) {
   return s;
 }
 
+static bool all_sleeping(const pid_t *pids, int n) {
+  for (int i = 0; i < n; i++)
+    if (!tdm_test_process_sleeping(pids[i])) return false;
+  return true;
+}
+
+/*
+ * Forks n children that run fn(s), each adding one to s->ready before it blocks, and waits until
+ * s->ready reaches n and every one of them sleeps in the kernel.
+ */
+static void fork_blocked(void (*fn)(void *), struct shared *s, pid_t *pids, int n) {
+  for (int i = 0; i < n; i++)
+    pids[i] = tdm_test_fork(fn, s);
+  WAIT_UNTIL(s->ready == n && all_sleeping(pids, n));
+}
+
 /* ---- Lock ------------------------------------------------------------------------------------ */
 
 TEST(lock_basic) {
@@ -176,9 +192,12 @@ TEST(timeouts_are_not_extended_by_signals) {
 
   CHECK(alarms > 20);
   int64_t spans[] = { t1 - t0, t2 - t1, t3 - t2, t4 - t3 };
+  /* Not a measurement: a generous bound (100 times the timeout) that proves each wait ended on
+   * its own deadline, not by luck between two signals or at the case's timeout. */
+  int64_t bound = (int64_t)((double)TDM_S(5) * tdm_test_timeout_scale());
   for (int i = 0; i < 4; i++) {
     CHECK(spans[i] >= TDM_MS(50));
-    CHECK(spans[i] < TDM_S(5));
+    CHECK(spans[i] < bound);
   }
   tdm_event_set(&h.go);
   join(t);
@@ -305,8 +324,7 @@ TEST(lock_owner_death_with_many_waiting_processes) {
   pid_t w[4];
   for (int i = 0; i < 4; i++)
     w[i] = tdm_test_fork(wait_for_lock_child, s);
-  for (int i = 0; i < 4; i++)
-    WAIT_UNTIL(tdm_test_process_sleeping(w[i]));
+  WAIT_UNTIL(all_sleeping(w, 4));
   tdm_test_kill_and_reap(owner);
   for (int i = 0; i < 4; i++)
     tdm_test_wait_ok(w[i]);
@@ -578,7 +596,7 @@ TEST(locks_held_across_fork) {
  * instead of objects that would not survive its death. */
 struct unusable {
   struct shared *s;
-  int init, lock, rlock, barrier, private_lock;
+  int init, barrier_init, lock, rlock, barrier, private_lock;
 };
 
 static void without_robust_list(void *arg) {
@@ -586,6 +604,8 @@ static void without_robust_list(void *arg) {
   tdm__robust_state_tls = -1;
   tdm_lock l;
   u->init = tdm_lock_init(&l, TDM_SYNC_SHARED);
+  tdm_barrier b;
+  u->barrier_init = tdm_barrier_init(&b, 2, TDM_SYNC_SHARED);
   u->lock = tdm_lock_acquire(&u->s->lock, TDM_FOREVER);
   u->rlock = tdm_rlock_acquire(&u->s->rlock, TDM_FOREVER);
   u->barrier = tdm_barrier_wait(&u->s->barrier, TDM_FOREVER);
@@ -595,12 +615,19 @@ static void without_robust_list(void *arg) {
   tdm_lock_release(&p);
 }
 
+/* The barrier calls that cannot return a code abort instead. */
+static void barrier_abort_without_robust_list(void *arg) {
+  tdm__robust_state_tls = -1;
+  tdm_barrier_abort(arg);
+}
+
 TEST(shared_locks_refuse_a_thread_without_a_robust_list) {
   struct shared *s = shared_new();
   CHECK_OK(tdm_barrier_init(&s->barrier, 1, TDM_SYNC_SHARED));
-  struct unusable u = { s, 1, 1, 1, 1, 1 };
+  struct unusable u = { s, 1, 1, 1, 1, 1, 1 };
   join(spawn(without_robust_list, &u));
   CHECK_ERR(u.init, -ENOTSUP);
+  CHECK_ERR(u.barrier_init, -ENOTSUP);
   CHECK_ERR(u.lock, -ENOTSUP);
   CHECK_ERR(u.rlock, -ENOTSUP);
   CHECK_ERR(u.barrier, -ENOTSUP);
@@ -608,6 +635,8 @@ TEST(shared_locks_refuse_a_thread_without_a_robust_list) {
   CHECK(!tdm_lock_locked(&s->lock)); /* nothing was taken */
   CHECK_OK(tdm_lock_acquire(&s->lock, 0));
   tdm_lock_release(&s->lock);
+  EXPECT_ABORT(barrier_abort_without_robust_list, &s->barrier, "no usable robust list");
+  CHECK(!tdm_barrier_broken(&s->barrier));
 }
 
 /* ---- RLock ----------------------------------------------------------------------------------- */
@@ -980,10 +1009,7 @@ static void shared_cond_waiter(void *arg) {
 TEST(cond_killed_waiter_does_not_wedge_the_others) {
   struct shared *s = shared_new();
   pid_t w[3];
-  for (int i = 0; i < 3; i++)
-    w[i] = tdm_test_fork(shared_cond_waiter, s);
-  WAIT_UNTIL(s->ready == 3 && tdm_test_process_sleeping(w[0]) && tdm_test_process_sleeping(w[1]) &&
-             tdm_test_process_sleeping(w[2]));
+  fork_blocked(shared_cond_waiter, s, w, 3);
   tdm_test_kill_and_reap(w[1]);
   CHECK_OK(tdm_lock_acquire(&s->lock, TDM_FOREVER));
   s->turn++;
@@ -993,8 +1019,8 @@ TEST(cond_killed_waiter_does_not_wedge_the_others) {
   tdm_test_wait_ok(w[2]);
   /* And it still works for new waiters. */
   s->ready = 0;
-  pid_t again = tdm_test_fork(shared_cond_waiter, s);
-  WAIT_UNTIL(s->ready == 1 && tdm_test_process_sleeping(again));
+  pid_t again;
+  fork_blocked(shared_cond_waiter, s, &again, 1);
   CHECK_OK(tdm_lock_acquire(&s->lock, TDM_FOREVER));
   s->turn++;
   tdm_cond_notify(&s->cond, 1);
@@ -1188,10 +1214,7 @@ static void sem_take_one(void *arg) {
 TEST(sem_killed_waiter_does_not_wedge_the_others) {
   struct shared *s = shared_new();
   pid_t w[3];
-  for (int i = 0; i < 3; i++)
-    w[i] = tdm_test_fork(sem_take_one, s);
-  WAIT_UNTIL(s->ready == 3 && tdm_test_process_sleeping(w[0]) && tdm_test_process_sleeping(w[1]) &&
-             tdm_test_process_sleeping(w[2]));
+  fork_blocked(sem_take_one, s, w, 3);
   tdm_test_kill_and_reap(w[0]);
   CHECK_OK(tdm_sem_release(&s->sem, 2));
   tdm_test_wait_ok(w[1]);
@@ -1302,10 +1325,7 @@ static void event_child(void *arg) {
 TEST(event_between_processes) {
   struct shared *s = shared_new();
   pid_t w[3];
-  for (int i = 0; i < 3; i++)
-    w[i] = tdm_test_fork(event_child, s);
-  WAIT_UNTIL(s->ready == 3 && tdm_test_process_sleeping(w[0]) && tdm_test_process_sleeping(w[1]) &&
-             tdm_test_process_sleeping(w[2]));
+  fork_blocked(event_child, s, w, 3);
   tdm_test_kill_and_reap(w[2]); /* a waiter killed while waiting changes nothing for the others */
   tdm_event_set(&s->event);
   CHECK_OK(tdm_event_wait(&s->event2, TDM_FOREVER));
@@ -1384,6 +1404,11 @@ TEST(barrier_rounds_processes) {
       CHECK_EQ(r->index_seen[i][k], 1);
 }
 
+static int positive_action(void *arg) {
+  (void)arg;
+  return 1;
+}
+
 TEST(barrier_arguments_and_single_party) {
   tdm_barrier b;
   CHECK_ERR(tdm_barrier_init(&b, 0, 0), -EINVAL);
@@ -1394,6 +1419,9 @@ TEST(barrier_arguments_and_single_party) {
   CHECK_EQ(tdm_barrier_wait_action(&b, count_action, &r, 0), 0);
   CHECK_EQ(tdm_barrier_wait(&b, 0), 0);
   CHECK_EQ(r.actions, 1);
+  /* A positive result breaks the barrier too, and its caller is told TDM_EBROKEN. */
+  CHECK_ERR(tdm_barrier_wait_action(&b, positive_action, NULL, 0), TDM_EBROKEN);
+  CHECK(tdm_barrier_broken(&b));
   tdm_barrier_fini(&b);
 }
 
@@ -1459,6 +1487,10 @@ TEST(barrier_timeout_breaks_it_for_everyone) {
   CHECK(tdm_barrier_broken(&b));
   CHECK_EQ(tdm_barrier_n_waiting(&b), 0);
   CHECK_ERR(tdm_barrier_wait(&b, TDM_FOREVER), TDM_EBROKEN);
+  /* Timeout 0, as in Python: a party that is not the last breaks the barrier at once. */
+  tdm_barrier_reset(&b);
+  CHECK_ERR(tdm_barrier_wait(&b, 0), -ETIMEDOUT);
+  CHECK(tdm_barrier_broken(&b));
 }
 
 TEST(barrier_abort_and_reset) {

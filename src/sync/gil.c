@@ -45,8 +45,7 @@ void tdm_gil_fini(tdm_gil *g) {
 
 /* True when the calling thread holds the GIL (under its id of before a fork, too). */
 static bool held_by_me(const tdm_gil *g) {
-  int32_t holder = __atomic_load_n(&g->holder_, __ATOMIC_RELAXED);
-  return holder != 0 && tdm__owner_is_me((uint32_t)holder, false);
+  return tdm__owner_is_me((uint32_t)__atomic_load_n(&g->holder_, __ATOMIC_RELAXED), false);
 }
 
 static void take(tdm_gil *g, int32_t me) {

@@ -41,10 +41,6 @@ _Static_assert((long)offsetof(tdm_lock, word_) - (long)offsetof(tdm_lock, robust
 _Static_assert(offsetof(tdm_lock, robust_prev_) + 8 == offsetof(tdm_lock, robust_next_),
                "robust list node is {prev, next}");
 
-static bool robust(const tdm_lock *l) {
-  return tdm__is_shared(l->flags_) && tdm__robust_usable();
-}
-
 int tdm__lock_init_as(tdm_lock *l, int flags, uint32_t magic) {
   if ((flags & ~TDM_SYNC_SHARED) != 0) return -EINVAL;
   if (tdm__is_shared((uint16_t)flags) && !tdm__robust_usable()) return -ENOTSUP;
@@ -104,57 +100,52 @@ __attribute__((noinline)) static int acquire_slow(tdm_lock *l, uint32_t tid, int
 }
 
 /*
- * Acquire and release in full: the robust-list bookkeeping of shared locks, the slow path of
- * contended ones. Out of line, so that the private fast paths below stay small leaf functions.
+ * A shared lock, with the robust-list bookkeeping around the word. Out of line, so that the
+ * private paths below stay small leaf functions.
  */
-__attribute__((noinline)) static int acquire_full(tdm_lock *l, int64_t timeout) {
-  uint32_t tid = (uint32_t)tdm__tid();
-  bool rob = robust(l);
+__attribute__((noinline)) static int acquire_shared(tdm_lock *l, int64_t timeout) {
   /* A shared lock taken by a thread whose death the kernel would not report is not robust. */
-  if (tdm__is_shared(l->flags_) && !rob) return -ENOTSUP;
-  if (rob) tdm__robust_pending(&l->robust_next_);
+  if (!tdm__robust_usable()) return -ENOTSUP;
+  uint32_t tid = (uint32_t)tdm__tid();
+  tdm__robust_pending(&l->robust_next_);
   uint32_t zero = 0;
   int r = 0;
   if (!__atomic_compare_exchange_n(&l->word_, &zero, tid, false, __ATOMIC_ACQUIRE,
                                    __ATOMIC_RELAXED))
     r = acquire_slow(l, tid, timeout);
-  if (rob) {
-    if (r == 0 || r == -EOWNERDEAD) tdm__robust_link(&l->robust_next_);
-    tdm__robust_pending(NULL);
-  }
+  if (r == 0 || r == -EOWNERDEAD) tdm__robust_link(&l->robust_next_);
+  tdm__robust_pending(NULL);
   return r;
 }
 
-__attribute__((noinline)) static void release_full(tdm_lock *l) {
-  bool rob = robust(l);
-  if (rob) {
-    tdm__robust_pending(&l->robust_next_);
-    tdm__robust_unlink(&l->robust_next_);
-  }
+/* The holder's robust list is usable: acquire_shared() refused the lock otherwise. */
+__attribute__((noinline)) static void release_shared(tdm_lock *l) {
+  tdm__robust_pending(&l->robust_next_);
+  tdm__robust_unlink(&l->robust_next_);
   uint32_t v = __atomic_exchange_n(&l->word_, 0, __ATOMIC_RELEASE);
-  if (v & WAITERS) tdm__futex_wake(&l->word_, 1, tdm__is_shared(l->flags_));
-  if (rob) tdm__robust_pending(NULL);
+  if (v & WAITERS) tdm__futex_wake(&l->word_, 1, true);
+  tdm__robust_pending(NULL);
 }
 
-/* The fast paths, inlined into every entry point: a private lock, free, or without waiters. */
+/* Inlined into every entry point: a private lock costs one atomic operation when free. */
 static inline int acquire(tdm_lock *l, int64_t timeout) {
-  if (!tdm__is_shared(l->flags_)) {
-    uint32_t zero = 0;
-    if (__builtin_expect(__atomic_compare_exchange_n(&l->word_, &zero, (uint32_t)tdm__tid(), false,
-                                                     __ATOMIC_ACQUIRE, __ATOMIC_RELAXED),
-                         1))
-      return 0;
-  }
-  return acquire_full(l, timeout);
+  if (tdm__is_shared(l->flags_)) return acquire_shared(l, timeout);
+  uint32_t tid = (uint32_t)tdm__tid();
+  uint32_t zero = 0;
+  if (__builtin_expect(__atomic_compare_exchange_n(&l->word_, &zero, tid, false, __ATOMIC_ACQUIRE,
+                                                   __ATOMIC_RELAXED),
+                       1))
+    return 0;
+  return acquire_slow(l, tid, timeout);
 }
 
 static inline void release(tdm_lock *l) {
-  if (!tdm__is_shared(l->flags_)) {
-    uint32_t v = __atomic_exchange_n(&l->word_, 0, __ATOMIC_RELEASE);
-    if (__builtin_expect(v & WAITERS, 0)) tdm__futex_wake(&l->word_, 1, false);
+  if (tdm__is_shared(l->flags_)) {
+    release_shared(l);
     return;
   }
-  release_full(l);
+  uint32_t v = __atomic_exchange_n(&l->word_, 0, __ATOMIC_RELEASE);
+  if (__builtin_expect(v & WAITERS, 0)) tdm__futex_wake(&l->word_, 1, false);
 }
 
 int tdm__lock_acquire(tdm_lock *l, int64_t timeout) {

@@ -33,8 +33,9 @@ bool tdm__is_main_thread(void) {
 static __thread int32_t tid_history[HISTORY];
 
 bool tdm__tid_was_mine(int32_t tid) {
+  if (tid == 0) return false; /* the history's empty slots */
   for (int i = 0; i < HISTORY; i++)
-    if (tid_history[i] == tid && tid != 0) return true;
+    if (tid_history[i] == tid) return true;
   return false;
 }
 
