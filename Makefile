@@ -57,10 +57,10 @@ install: build
 	@cmake --install $(BUILD)
 
 test-asan:
-	@$(MAKE) --no-print-directory test BUILD=build-asan SANITIZE=address,undefined
+	@$(MAKE) test BUILD=build-asan SANITIZE=address,undefined
 
 test-tsan:
-	@$(MAKE) --no-print-directory test BUILD=build-tsan SANITIZE=thread
+	@$(MAKE) test BUILD=build-tsan SANITIZE=thread
 
 format:
 	@scripts/ensure-deps format

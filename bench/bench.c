@@ -14,16 +14,17 @@
  * Children also carry PR_SET_PDEATHSIG, so none outlives the program even when it is SIGKILLed.
  *
  * Peers. A workload may name a script in bench/peers/ that measures CPython's counterparts.
- * After the C workloads, bench_finish() runs each named script once with python3 (found on
- * PATH; TDM_BENCH_PYTHON overrides), passing the keys of the workloads that ran, the number of
- * runs and --quick. The script prints one JSON object per line; its results join the table
- * under the same keys. The script runs in a process group of its own so that the group,
+ * After the C workloads, bench_finish() runs each named script once with /usr/bin/python3 (else
+ * python3 from PATH; TDM_BENCH_PYTHON overrides), passing the keys of the workloads that ran, the
+ * number of runs and --quick. The script prints one JSON object per line; its results join the
+ * table under the same keys. The script runs in a process group of its own so that the group,
  * including any multiprocessing children, can be killed as a whole. When python3 is missing, or
  * the script fails or returns nothing for a workload, the table says "skipped (why)": a number
  * is never made up.
  */
 #include "bench.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <gnu/libc-version.h>
@@ -44,13 +45,12 @@
 #define TDM_BENCH_PEERS_DIR "bench/peers"
 #endif
 
-#define MAX_RUNS         100
-#define MAX_CHILDREN     64
-#define WATCHDOG_S       120 /* per workload */
-#define PEER_TIMEOUT_S   180 /* per peer script */
-#define IMPL_NAME_MAX    96
-#define NOTE_MAX         160
-#define PEER_SCRIPTS_MAX 8
+#define MAX_RUNS       100
+#define MAX_CHILDREN   64
+#define WATCHDOG_S     120 /* per workload */
+#define PEER_TIMEOUT_S 180 /* per peer script */
+#define IMPL_NAME_MAX  96
+#define NOTE_MAX       160
 
 /* ---- Results ------------------------------------------------------------------------------- */
 
@@ -225,13 +225,18 @@ int bench_party_start(bench_party *p, bool process, void (*fn)(void *), void *ar
   return 0;
 }
 
-int bench_party_join(bench_party *p) {
-  if (!p->process) return tdm_thread_join(p->thread, TDM_FOREVER);
+int bench_child_wait(pid_t pid) {
   int st = 0;
-  int r = wait_status(p->pid, &st);
-  unregister_child(p->pid);
+  int r = wait_status(pid, &st);
   if (r != 0) return r;
   return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -ECHILD;
+}
+
+int bench_party_join(bench_party *p) {
+  if (!p->process) return tdm_thread_join(p->thread, TDM_FOREVER);
+  int r = bench_child_wait(p->pid);
+  unregister_child(p->pid);
+  return r;
 }
 
 void bench_gate_arrive(bench_gate *g) {
@@ -339,6 +344,16 @@ void bench_run(bench_ctx *ctx, const bench_workload *w) {
     }
   }
   if (w->peer_script != NULL) request_peers(ctx, w);
+}
+
+void bench_measure(bench_ctx *ctx, const char *key, int64_t iters, int64_t quick_iters,
+                   const char *peer_script, const bench_impl *impls, size_t n) {
+  bench_workload w = { .iters = iters, .quick_iters = quick_iters, .peer_script = peer_script };
+  assert(n >= 1 && n <= BENCH_MAX_IMPLS);
+  snprintf(w.key, sizeof w.key, "%s", key);
+  w.n_impls = (int)n;
+  memcpy(w.impls, impls, n * sizeof *impls);
+  bench_run(ctx, &w);
 }
 
 /* ---- Peer scripts --------------------------------------------------------------------------- */
@@ -566,17 +581,14 @@ static void run_peer_script(bench_ctx *ctx, const char *script) {
   }
 }
 
+/* Runs each script once, at the first request that names it. */
 static void run_peer_scripts(bench_ctx *ctx) {
-  const char *done[PEER_SCRIPTS_MAX];
-  size_t n_done = 0;
   for (size_t i = 0; i < ctx->n_requests; i++) {
     const char *s = ctx->requests[i].script;
     bool seen = false;
-    for (size_t j = 0; j < n_done; j++)
-      seen = seen || strcmp(done[j], s) == 0;
-    if (seen) continue;
-    if (n_done < PEER_SCRIPTS_MAX) done[n_done++] = s;
-    run_peer_script(ctx, s);
+    for (size_t j = 0; j < i && !seen; j++)
+      seen = strcmp(ctx->requests[j].script, s) == 0;
+    if (!seen) run_peer_script(ctx, s);
   }
 }
 
@@ -655,9 +667,10 @@ static void print_table(const bench_ctx *ctx, const size_t *order) {
   if (ctx->python_version[0]) printf(", CPython %s (%s)", ctx->python_version, ctx->python_path);
   printf("\n%d runs per measurement after one warm-up, median shown%s.\n", ctx->opt.runs,
          ctx->opt.quick ? " (--quick: fewer iterations)" : "");
-  printf("Times are ns per operation: one lock+unlock (contended: wall time / all threads' "
-         "operations),\nor one round trip (ping-pong, hand-off). ratio = peer / tandem: how many "
-         "times faster tandem is\n(below 1.00x, tandem is slower).\n\n");
+  printf("Times are ns per operation: one lock+unlock (contended: wall time / all parties' "
+         "operations),\none round trip (ping-pong, hand-off), or one child started and reaped "
+         "(process/start).\nratio = peer / tandem: how many times faster tandem is (below 1.00x, "
+         "tandem is slower).\n\n");
 
   int wk = (int)strlen("workload"), wi = (int)strlen("peer");
   for (size_t i = 0; i < ctx->n_results; i++) {

@@ -1,13 +1,13 @@
 /*
  * bench.h: the benchmark harness shared by every suite of tandem-bench.
  *
- * A suite (sync_bench.c today; queues and pools later) describes each workload as a key, a
- * unit and a list of implementations: tandem's first, then its peers. Each implementation is a
- * function that performs one timed run of a given number of operations and reports nanoseconds
- * per operation. The harness selects workloads (--filter), warms every implementation up once,
- * repeats the runs round-robin across implementations (so that a drift of the machine's speed
- * hits them all alike), keeps the median, runs the CPython peer scripts in bench/peers/ and
- * prints the table or the JSON.
+ * A suite (sync_bench.c, process_bench.c; queues and pools later) describes each workload as a
+ * key, iteration counts and a list of implementations: tandem's first, then its peers. Each
+ * implementation is a function that performs one timed run of a given number of operations and
+ * reports nanoseconds per operation. The harness selects workloads (--filter), warms every
+ * implementation up once, repeats the runs round-robin across implementations (so that a drift of
+ * the machine's speed hits them all alike), keeps the median, runs the CPython peer scripts in
+ * bench/peers/ and prints the table or the JSON.
  *
  * Helpers for the workloads themselves are here too: memory that forked children share, a
  * "party" that is either a thread or a child process, and a start gate.
@@ -74,12 +74,26 @@ bool bench_selected(const bench_ctx *ctx, const char *key);
 /* Returns true with --quick. */
 bool bench_quick(const bench_ctx *ctx);
 
+/* The number of elements of an array (not of a pointer). */
+#define BENCH_COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
 /*
  * Measures every implementation of `w` (when selected) and records the medians. A watchdog
  * bounds the whole workload: if it hangs, the program kills every child it started, says so on
  * stderr and exits with status 3.
  */
 void bench_run(bench_ctx *ctx, const bench_workload *w);
+
+/*
+ * Builds the workload `key` from its iteration counts, its peer script (or NULL) and impls[0..n-1]
+ * (tandem's first; n <= BENCH_MAX_IMPLS), and runs it with bench_run().
+ */
+void bench_measure(bench_ctx *ctx, const char *key, int64_t iters, int64_t quick_iters,
+                   const char *peer_script, const bench_impl *impls, size_t n);
+
+/* bench_measure() of an array of implementations. */
+#define BENCH_MEASURE(ctx, key, iters, quick_iters, peer_script, impls) \
+  bench_measure((ctx), (key), (iters), (quick_iters), (peer_script), (impls), BENCH_COUNT(impls))
 
 /*
  * Runs the peer scripts that the measured workloads named, prints the table (or the JSON) and
@@ -112,6 +126,12 @@ int bench_party_start(bench_party *p, bool process, void (*fn)(void *), void *ar
 
 /* Waits for the party to end. Returns 0, or -ECHILD when a child did not exit with status 0. */
 int bench_party_join(bench_party *p);
+
+/*
+ * Waits for the child `pid` to end (retrying after EINTR) and reaps it. Returns 0 when it exited
+ * with status 0, -ECHILD when it ended otherwise, or the negative errno of waitpid().
+ */
+int bench_child_wait(pid_t pid);
 
 /*
  * A start gate in shared memory (zero it to initialise). Parties call bench_gate_arrive(),

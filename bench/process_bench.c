@@ -36,7 +36,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -98,25 +97,18 @@ static int tandem_once(const tdm_process_options *o) {
   return r != 0 ? r : c;
 }
 
-static int reap(pid_t pid) {
-  int st;
-  while (waitpid(pid, &st, 0) < 0)
-    if (errno != EINTR) return -errno;
-  return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -ECHILD;
-}
-
 static int fork_once(void) {
   pid_t pid = fork();
   if (pid < 0) return -errno;
   if (pid == 0) _exit(0);
-  return reap(pid);
+  return bench_child_wait(pid);
 }
 
 static int vfork_once(void) {
   pid_t pid = vfork();
   if (pid < 0) return -errno;
   if (pid == 0) _exit(0);
-  return reap(pid);
+  return bench_child_wait(pid);
 }
 
 /* posix_spawn of `path`; with `quiet`, its standard output goes to /dev/null. */
@@ -129,7 +121,7 @@ static int spawn_once(const char *path, char *const argv[], bool quiet) {
   if (r == 0) r = posix_spawn(&pid, path, &fa, NULL, argv, environ);
   posix_spawn_file_actions_destroy(&fa);
   if (r != 0) return -r;
-  return reap(pid);
+  return bench_child_wait(pid);
 }
 
 /* ---- Runs ----------------------------------------------------------------------------------- */
@@ -177,17 +169,6 @@ static int run_start(const void *arg, int64_t iters, double *ns) {
 
 /* ---- The suite ------------------------------------------------------------------------------ */
 
-static void measure(bench_ctx *ctx, const char *key, int64_t iters, int64_t quick_iters,
-                    const bench_impl *impls, size_t n) {
-  bench_workload w = { .iters = iters, .quick_iters = quick_iters, .peer_script = PEERS };
-  snprintf(w.key, sizeof w.key, "%s", key);
-  w.n_impls = (int)n;
-  memcpy(w.impls, impls, n * sizeof *impls);
-  bench_run(ctx, &w);
-}
-
-#define N(a) (sizeof(a) / sizeof((a)[0]))
-
 /* The workloads of one parent size. Iterations: default, --quick. */
 static void start_suite(bench_ctx *ctx, bool big) {
   const impl_arg tdm_fork = { TANDEM, TDM_START_FORK, big };
@@ -215,11 +196,11 @@ static void start_suite(bench_ctx *ctx, bool big) {
   const char *prefix = big ? "process/start-1gib-parent" : "process/start";
   char key[BENCH_KEY_MAX];
   snprintf(key, sizeof key, "%s/fork", prefix);
-  measure(ctx, key, big ? 20 : 500, big ? 5 : 100, fork_impls, N(fork_impls));
+  BENCH_MEASURE(ctx, key, big ? 20 : 500, big ? 5 : 100, PEERS, fork_impls);
   snprintf(key, sizeof key, "%s/spawn", prefix);
-  measure(ctx, key, big ? 50 : 100, 20, spawn_impls, N(spawn_impls));
+  BENCH_MEASURE(ctx, key, big ? 50 : 100, 20, PEERS, spawn_impls);
   snprintf(key, sizeof key, "%s/forkserver", prefix);
-  measure(ctx, key, big ? 20 : 500, big ? 5 : 100, fs_impls, N(fs_impls));
+  BENCH_MEASURE(ctx, key, big ? 20 : 500, big ? 5 : 100, PEERS, fs_impls);
 }
 
 void bench_process_suite(bench_ctx *ctx) {

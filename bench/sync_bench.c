@@ -15,17 +15,16 @@
  *   ping-pong    two parties pass the turn back and forth (condition + lock, two semaphores,
  *                two events); the timing side is the calling thread, the other side a thread
  *                or a child. Time = one round trip, i.e. two hand-offs, each a wake-up.
- * The loops are written out per implementation (a switch outside the loop), so that what is
- * timed is the library call and the same loop for every implementation, never a dispatch.
+ * Each implementation gets a loop of its own (LOCK_LOOP and PAIR_ROUNDS choose it outside the
+ * loop), so that what is timed is the library call and the same loop for every implementation,
+ * never a dispatch.
  */
-#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
 #include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "bench.h"
 
@@ -266,6 +265,23 @@ struct pair_ops {
   void (*side_b)(pair_hdr *h);
 };
 
+/*
+ * h->rounds rounds of `tandem` (when h->kind is TANDEM) or of `peer`, each an expression for one
+ * round. The choice is made once, outside the loop, as LOCK_LOOP's is.
+ */
+#define PAIR_ROUNDS(h, tandem, peer)                 \
+  do {                                               \
+    if ((h)->kind == TANDEM) {                       \
+      for (int64_t i_ = 0; i_ < (h)->rounds; i_++) { \
+        tandem;                                      \
+      }                                              \
+    } else {                                         \
+      for (int64_t i_ = 0; i_ < (h)->rounds; i_++) { \
+        peer;                                        \
+      }                                              \
+    }                                                \
+  } while (0)
+
 static void pair_b(void *arg) {
   pair_hdr *h = arg;
   __atomic_store_n(&h->ready, 1, __ATOMIC_RELEASE);
@@ -447,32 +463,12 @@ static inline void pt_up(sem_t *s) {
 
 static void sem_a(pair_hdr *h) {
   sem_state *s = (sem_state *)h;
-  if (h->kind == TANDEM) {
-    for (int64_t i = 0; i < h->rounds; i++) {
-      tdm_up(&s->tb);
-      tdm_down(&s->ta);
-    }
-  } else {
-    for (int64_t i = 0; i < h->rounds; i++) {
-      pt_up(&s->pb);
-      pt_down(&s->pa);
-    }
-  }
+  PAIR_ROUNDS(h, (tdm_up(&s->tb), tdm_down(&s->ta)), (pt_up(&s->pb), pt_down(&s->pa)));
 }
 
 static void sem_b(pair_hdr *h) {
   sem_state *s = (sem_state *)h;
-  if (h->kind == TANDEM) {
-    for (int64_t i = 0; i < h->rounds; i++) {
-      tdm_down(&s->tb);
-      tdm_up(&s->ta);
-    }
-  } else {
-    for (int64_t i = 0; i < h->rounds; i++) {
-      pt_down(&s->pb);
-      pt_up(&s->pa);
-    }
-  }
+  PAIR_ROUNDS(h, (tdm_down(&s->tb), tdm_up(&s->ta)), (pt_down(&s->pb), pt_up(&s->pa)));
 }
 
 static const pair_ops sem_ops = { sizeof(sem_state), sem_setup, sem_teardown, sem_a, sem_b };
@@ -564,36 +560,14 @@ static inline void tdm_await(tdm_event *e) {
 
 static void event_a(pair_hdr *h) {
   event_state *s = (event_state *)h;
-  if (h->kind == TANDEM) {
-    for (int64_t i = 0; i < h->rounds; i++) {
-      tdm_event_set(&s->tb);
-      tdm_await(&s->ta);
-      tdm_event_clear(&s->ta);
-    }
-  } else {
-    for (int64_t i = 0; i < h->rounds; i++) {
-      pt_event_set(&s->pb);
-      pt_event_wait(&s->pa);
-      pt_event_clear(&s->pa);
-    }
-  }
+  PAIR_ROUNDS(h, (tdm_event_set(&s->tb), tdm_await(&s->ta), tdm_event_clear(&s->ta)),
+              (pt_event_set(&s->pb), pt_event_wait(&s->pa), pt_event_clear(&s->pa)));
 }
 
 static void event_b(pair_hdr *h) {
   event_state *s = (event_state *)h;
-  if (h->kind == TANDEM) {
-    for (int64_t i = 0; i < h->rounds; i++) {
-      tdm_await(&s->tb);
-      tdm_event_clear(&s->tb);
-      tdm_event_set(&s->ta);
-    }
-  } else {
-    for (int64_t i = 0; i < h->rounds; i++) {
-      pt_event_wait(&s->pb);
-      pt_event_clear(&s->pb);
-      pt_event_set(&s->pa);
-    }
-  }
+  PAIR_ROUNDS(h, (tdm_await(&s->tb), tdm_event_clear(&s->tb), tdm_event_set(&s->ta)),
+              (pt_event_wait(&s->pb), pt_event_clear(&s->pb), pt_event_set(&s->pa)));
 }
 
 static const pair_ops event_ops = { sizeof(event_state), event_init, event_fini, event_a, event_b };
@@ -616,19 +590,6 @@ static const impl_arg ptr_sh = { PTHREAD_ROBUST, true, false, 0 };
 static const impl_arg trl_thr = { TANDEM_RLOCK, false, false, 0 };
 static const impl_arg ptrec_thr = { PTHREAD_RECURSIVE, false, false, 0 };
 
-/* Measures one workload; impls[0] is tandem's. Every workload has CPython peers. */
-static void measure(bench_ctx *ctx, const char *key, int64_t iters, int64_t quick_iters,
-                    const bench_impl *impls, size_t n) {
-  bench_workload w = { .iters = iters, .quick_iters = quick_iters, .peer_script = PEERS };
-  assert(n <= BENCH_MAX_IMPLS);
-  snprintf(w.key, sizeof w.key, "%s", key);
-  w.n_impls = (int)n;
-  memcpy(w.impls, impls, n * sizeof *impls);
-  bench_run(ctx, &w);
-}
-
-#define N(a) (sizeof(a) / sizeof((a)[0]))
-
 void bench_sync_suite(bench_ctx *ctx) {
   static const bench_impl lock_thread[] = {
     { "tdm_lock", run_uncontended, &tdm_thr },
@@ -647,17 +608,17 @@ void bench_sync_suite(bench_ctx *ctx) {
     { "tdm_rlock (held once)", run_reentrant, &trl_thr },
     { "pthread_mutex recursive (held once)", run_reentrant, &ptrec_thr },
   };
-  measure(ctx, "lock/uncontended/thread", 2000000, 500000, lock_thread, N(lock_thread));
-  measure(ctx, "lock/uncontended/shared", 2000000, 500000, lock_shared, N(lock_shared));
-  measure(ctx, "rlock/uncontended/thread", 2000000, 500000, rlock_thread, N(rlock_thread));
-  measure(ctx, "rlock/reentrant/thread", 2000000, 500000, rlock_held, N(rlock_held));
+  BENCH_MEASURE(ctx, "lock/uncontended/thread", 2000000, 500000, PEERS, lock_thread);
+  BENCH_MEASURE(ctx, "lock/uncontended/shared", 2000000, 500000, PEERS, lock_shared);
+  BENCH_MEASURE(ctx, "rlock/uncontended/thread", 2000000, 500000, PEERS, rlock_thread);
+  BENCH_MEASURE(ctx, "rlock/reentrant/thread", 2000000, 500000, PEERS, rlock_held);
 
   /* Contended: total operations per run, shared among the parties. */
   static const bench_impl contended_2t[] = {
     { "tdm_lock", run_contended, &tdm_thr },
     { "pthread_mutex", run_contended, &pt_thr },
   };
-  measure(ctx, "lock/contended/2-threads", 500000, 100000, contended_2t, N(contended_2t));
+  BENCH_MEASURE(ctx, "lock/contended/2-threads", 500000, 100000, PEERS, contended_2t);
   int ncpu = tdm_cpu_count();
   if (ncpu > 2) {
     static impl_arg tdm_many, pt_many;
@@ -670,14 +631,14 @@ void bench_sync_suite(bench_ctx *ctx) {
     };
     char key[BENCH_KEY_MAX];
     snprintf(key, sizeof key, "lock/contended/%d-threads", ncpu);
-    measure(ctx, key, 500000, 100000, contended_nt, N(contended_nt));
+    BENCH_MEASURE(ctx, key, 500000, 100000, PEERS, contended_nt);
   }
   static const bench_impl contended_2p[] = {
     { "tdm_lock shared", run_contended, &tdm_proc },
     { "pthread_mutex pshared+robust", run_contended, &ptr_proc },
     { "pthread_mutex pshared", run_contended, &pt_proc },
   };
-  measure(ctx, "lock/contended/2-procs", 500000, 100000, contended_2p, N(contended_2p));
+  BENCH_MEASURE(ctx, "lock/contended/2-procs", 500000, 100000, PEERS, contended_2p);
 
   /* Ping-pong: round trips per run. */
   static const bench_impl cond_t[] = {
@@ -704,10 +665,10 @@ void bench_sync_suite(bench_ctx *ctx) {
     { "tdm_event shared", run_event, &tdm_proc },
     { "pthread mutex+cond flag pshared", run_event, &pt_proc },
   };
-  measure(ctx, "cond/ping-pong/threads", 10000, 2000, cond_t, N(cond_t));
-  measure(ctx, "cond/ping-pong/procs", 10000, 2000, cond_p, N(cond_p));
-  measure(ctx, "sem/hand-off/threads", 10000, 2000, sem_th, N(sem_th));
-  measure(ctx, "sem/hand-off/procs", 10000, 2000, sem_p, N(sem_p));
-  measure(ctx, "event/ping-pong/threads", 10000, 2000, event_t, N(event_t));
-  measure(ctx, "event/ping-pong/procs", 10000, 2000, event_p, N(event_p));
+  BENCH_MEASURE(ctx, "cond/ping-pong/threads", 10000, 2000, PEERS, cond_t);
+  BENCH_MEASURE(ctx, "cond/ping-pong/procs", 10000, 2000, PEERS, cond_p);
+  BENCH_MEASURE(ctx, "sem/hand-off/threads", 10000, 2000, PEERS, sem_th);
+  BENCH_MEASURE(ctx, "sem/hand-off/procs", 10000, 2000, PEERS, sem_p);
+  BENCH_MEASURE(ctx, "event/ping-pong/threads", 10000, 2000, PEERS, event_t);
+  BENCH_MEASURE(ctx, "event/ping-pong/procs", 10000, 2000, PEERS, event_p);
 }

@@ -20,6 +20,7 @@
  * No `if __name__ == "__main__":` guard is needed: a spawn or forkserver child runs its task
  * before main() and exits.
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,8 +92,9 @@ int main(void) {
 
   if (tdm_process_start(&p, hang, NULL, 0, NULL) != 0) return 1;
   int r = tdm_process_join(p, TDM_MS(100));
-  printf("hang: join(100 ms) says %s, alive: %s\n", tdm_err_name(r),
-         tdm_process_is_alive(p) ? "yes" : "no");
+  bool alive = tdm_process_is_alive(p);
+  printf("hang: join(100 ms) says %s, alive: %s\n", tdm_err_name(r), alive ? "yes" : "no");
+  if (r != -ETIMEDOUT || !alive) return 1;
   tdm_process_terminate(p);
   code = finish(p);
   printf("hang: after terminate, exit code %d (SIGTERM)\n", code);

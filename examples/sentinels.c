@@ -51,16 +51,20 @@ int main(void) {
     if (poll(pf, N, -1) <= 0) continue;
     for (int i = 0; i < N; i++) {
       if (pf[i].fd < 0 || !(pf[i].revents & POLLIN)) continue;
-      tdm_process_join(p[i], TDM_FOREVER);
-      printf("%s ended\n", tdm_process_name(p[i]));
-      if (expected[order++] != i) return 1;
-      tdm_process_close(p[i]);
+      int code = -1;
+      if (tdm_process_join(p[i], TDM_FOREVER) != 0 || tdm_process_exitcode(p[i], &code) != 0)
+        return 1;
+      printf("%s ended, exit code %d\n", tdm_process_name(p[i]), code);
+      if (code != 0 || expected[order++] != i) return 1;
+      if (tdm_process_close(p[i]) != 0) return 1;
       pf[i].fd = -1;
       left--;
     }
   }
   tdm_process *out[4];
-  printf("active children now: %zu\n", tdm_process_active_children(out, 4));
+  size_t active = tdm_process_active_children(out, 4);
+  printf("active children now: %zu\n", active);
+  if (active != 0) return 1;
 
   /* A daemon child: it runs in a group of its own, and the group is killed when we end. */
   tdm_process_options daemon = { .name = "daemon", .daemon = true };

@@ -20,7 +20,6 @@ written, taken before the first of them and released after the last.
 import multiprocessing
 import multiprocessing.forkserver
 import re
-import sys
 import time
 
 from peerlib import options, report, unknown

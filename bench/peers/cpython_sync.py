@@ -15,7 +15,6 @@ script takes a few seconds.
 
 import multiprocessing
 import re
-import sys
 import threading
 import time
 import types
