@@ -17,12 +17,6 @@
 
 /* ---- Helpers --------------------------------------------------------------------------------- */
 
-static tdm_thread *spawn(tdm_thread_fn fn, void *arg) {
-  tdm_thread *t;
-  CHECK_OK(tdm_thread_start(&t, fn, arg, NULL));
-  return t;
-}
-
 /* A pattern that depends on the key and on the position, so that blocks differ from each other. */
 static uint64_t pattern_word(uint64_t *x) {
   *x = *x * UINT64_C(6364136223846793005) + UINT64_C(1442695040888963407);
@@ -379,7 +373,7 @@ TEST(array_add_across_threads) {
   CHECK_OK(tdm_array_init(b, TDM_TYPE_U8, 2, 0));
   tdm_thread *t[COUNT_PROCS];
   for (int i = 0; i < COUNT_PROCS; i++)
-    t[i] = spawn(count_with_add, mem);
+    t[i] = tdm_test_thread(count_with_add, mem);
   for (int i = 0; i < COUNT_PROCS; i++)
     CHECK_OK(tdm_thread_join(t[i], TDM_FOREVER));
   check_add_totals(a, b, COUNT_PROCS);
@@ -390,7 +384,7 @@ TEST(array_counter_under_lock_across_threads) {
   CHECK_OK(tdm_array_init(a, TDM_TYPE_I64, 1, TDM_ARRAY_LOCK));
   tdm_thread *t[COUNT_PROCS];
   for (int i = 0; i < COUNT_PROCS; i++)
-    t[i] = spawn(count_under_lock, a);
+    t[i] = tdm_test_thread(count_under_lock, a);
   for (int i = 0; i < COUNT_PROCS; i++)
     CHECK_OK(tdm_thread_join(t[i], TDM_FOREVER));
   int64_t v = 0;
@@ -838,7 +832,7 @@ TEST_T(arena_stress_across_threads, 180) {
   struct churner *c = churners_new(a, 40000, 3000);
   tdm_thread *t[PARTIES];
   for (int i = 0; i < PARTIES; i++)
-    t[i] = spawn(churn, &c[i]);
+    t[i] = tdm_test_thread(churn, &c[i]);
   for (int i = 0; i < PARTIES; i++)
     CHECK_OK(tdm_thread_join(t[i], TDM_FOREVER));
   CHECK_EQ(tdm_arena_used(a), 0);

@@ -10,12 +10,6 @@
 
 #include "runner.h"
 
-static tdm_thread *spawn(tdm_thread_fn fn, void *arg) {
-  tdm_thread *t;
-  CHECK_OK(tdm_thread_start(&t, fn, arg, NULL));
-  return t;
-}
-
 TEST(gil_basic) {
   tdm_gil g;
   CHECK_ERR(tdm_gil_init(&g, -1), -EINVAL);
@@ -59,7 +53,7 @@ TEST(gil_excludes) {
   struct counted c = { &g, 0, 0, 300000 };
   tdm_thread *t[4];
   for (int i = 0; i < 4; i++)
-    t[i] = spawn(count_with_checkpoints, &c);
+    t[i] = tdm_test_thread(count_with_checkpoints, &c);
   for (int i = 0; i < 4; i++)
     CHECK_OK(tdm_thread_join(t[i], TDM_FOREVER));
   CHECK_EQ(c.counter, 4 * 300000);  /* no update lost: one holder at a time */
@@ -96,7 +90,7 @@ TEST(gil_forced_switching_gives_every_thread_turns) {
   tdm_thread *t[3];
   for (int i = 0; i < 3; i++) {
     s[i] = (struct spinner){ &g, &stop, 0, 0 };
-    t[i] = spawn(spin_under_gil, &s[i]);
+    t[i] = tdm_test_thread(spin_under_gil, &s[i]);
   }
   /* Without forced switching one spinner could keep the GIL for ever. */
   WAIT_UNTIL(__atomic_load_n(&s[0].turns, __ATOMIC_RELAXED) >= 3 &&
@@ -131,7 +125,7 @@ TEST(gil_sleep_releases_the_gil) {
   CHECK_OK(tdm_gil_init(&g, 0));
   struct sleeper s = { &g, 0, 0, 0, 0 };
   tdm_gil_acquire(&g);
-  tdm_thread *t = spawn(gil_waiter, &s);
+  tdm_thread *t = tdm_test_thread(gil_waiter, &s);
   WAIT_UNTIL(__atomic_load_n(&s.waiter_ready, __ATOMIC_SEQ_CST) &&
              tdm_test_thread_sleeping(__atomic_load_n(&s.waiter_tid, __ATOMIC_SEQ_CST)));
   __atomic_store_n(&s.phase, 1, __ATOMIC_SEQ_CST);
@@ -171,7 +165,7 @@ TEST(gil_stress_compute_and_sleep) {
   struct mixed m = { &g, 0 };
   tdm_thread *t[8];
   for (int i = 0; i < 8; i++)
-    t[i] = spawn(mixed_worker, &m);
+    t[i] = tdm_test_thread(mixed_worker, &m);
   for (int i = 0; i < 8; i++)
     CHECK_OK(tdm_thread_join(t[i], TDM_FOREVER));
   CHECK_EQ(m.counter, 8L * 20 * 20000);

@@ -50,20 +50,6 @@ static bool no_zombies(void) {
   return (r != 0 && errno == ECHILD) || (r == 0 && info.si_pid == 0);
 }
 
-/* Gone: no such process, or a zombie waiting for whoever adopted it. */
-static bool gone(pid_t pid) {
-  char path[64], buf[512];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-  int fd = open(path, O_RDONLY);
-  if (fd < 0) return true;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0) return true;
-  buf[n] = '\0';
-  char *p = strrchr(buf, ')');
-  return p == NULL || p[2] == 'Z' || p[2] == 'X';
-}
-
 static void start_threads(int n, pthread_t *t, tdm_event *stop);
 
 /* ---- Tasks ----------------------------------------------------------------------------------- */
@@ -486,7 +472,7 @@ static void daemons_die_with_parent(const char *mode) {
   }
   fclose(f);
   for (int i = 0; i < 2 * N_METHODS; i++)
-    CHECK(!gone(pids[i]));
+    CHECK(!tdm_test_process_gone(pids[i]));
   tdm_test_kill_and_reap(helper);
   /* Within a second is the goal; WAIT_UNTIL allows more so that a slow machine does not fail. */
   for (int i = 0; i < 2 * N_METHODS; i++) {
@@ -498,7 +484,7 @@ static void daemons_die_with_parent(const char *mode) {
       continue;
     }
 #endif
-    WAIT_UNTIL(gone(pids[i]));
+    WAIT_UNTIL(tdm_test_process_gone(pids[i]));
   }
 }
 
@@ -530,10 +516,10 @@ TEST(signal_tree_reaches_descendants) {
     CHECK(fscanf(f, "%d %d", &d, &g) == 2);
     fclose(f);
     CHECK_EQ(d, tdm_process_pid(p));
-    CHECK(!gone(g));
+    CHECK(!tdm_test_process_gone(g));
     CHECK_OK(tdm_process_signal_tree(p, SIGKILL));
     CHECK_EQ(join_code(p), -SIGKILL);
-    WAIT_UNTIL(gone(g));
+    WAIT_UNTIL(tdm_test_process_gone(g));
     /* The grandchild was reparented to the runner (a subreaper), which reaps it later. */
   }
   tdm_process *p = start(sleep_forever, NULL, 0, TDM_START_FORK);
@@ -940,7 +926,7 @@ TEST(forkserver_killed_is_replaced) {
   pid_t fs = find_forkserver();
   CHECK(fs > 0);
   CHECK(kill(fs, SIGKILL) == 0);
-  WAIT_UNTIL(gone(fs));
+  WAIT_UNTIL(tdm_test_process_gone(fs));
   /* The child lives on (its pidfd says so); its exit code dies with the forkserver. */
   CHECK(tdm_process_is_alive(p));
   CHECK_ERR(tdm_process_join(p, TDM_MS(20)), -ETIMEDOUT);
@@ -978,7 +964,7 @@ TEST(forkserver_ends_with_its_parent) {
   pid_t fs = 0;
   CHECK_EQ(read(pipefd[0], &fs, sizeof fs), sizeof fs);
   CHECK_EQ(tdm_test_wait(c), 0);
-  WAIT_UNTIL(gone(fs));
+  WAIT_UNTIL(tdm_test_process_gone(fs));
 }
 
 /* ---- Shared memory under every start method -------------------------------------------------- */

@@ -243,6 +243,19 @@ bool tdm_test_process_sleeping(pid_t pid) {
   return state_of(path) == 'S';
 }
 
+bool tdm_test_process_gone(pid_t pid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  char state = state_of(path);
+  return state == '?' || state == 'Z' || state == 'X';
+}
+
+tdm_thread *tdm_test_thread(tdm_thread_fn fn, void *arg) {
+  tdm_thread *t = NULL;
+  CHECK_OK(tdm_thread_start(&t, fn, arg, NULL));
+  return t;
+}
+
 /* ---- The runner ------------------------------------------------------------------------------ */
 
 struct slot {

@@ -154,6 +154,13 @@ int32_t tdm_test_gettid(void);
 bool tdm_test_thread_sleeping(int32_t tid);
 bool tdm_test_process_sleeping(pid_t pid);
 
+/* True when the process `pid` has ended: it no longer exists, or is a zombie nobody reaped yet
+ * (an orphan that went to a subreaper, say). */
+bool tdm_test_process_gone(pid_t pid);
+
+/* Starts a tandem thread running fn(arg) with default options; fails the case if it cannot. */
+tdm_thread *tdm_test_thread(tdm_thread_fn fn, void *arg);
+
 /* A small, fast, per-call-site random generator for stress cases (xorshift64*). */
 static inline uint64_t tdm_test_rand(uint64_t *state) {
   uint64_t x = *state;

@@ -17,12 +17,6 @@
 
 /* ---- Helpers --------------------------------------------------------------------------------- */
 
-static tdm_thread *spawn(tdm_thread_fn fn, void *arg) {
-  tdm_thread *t;
-  CHECK_OK(tdm_thread_start(&t, fn, arg, NULL));
-  return t;
-}
-
 static void join(tdm_thread *t) {
   CHECK_OK(tdm_thread_join(t, TDM_FOREVER));
 }
@@ -121,7 +115,7 @@ static void held_lock_times_out(int flags) {
   CHECK_OK(tdm_lock_init(&l, flags));
   CHECK_OK(tdm_event_init(&h.go, 0));
   CHECK_OK(tdm_event_init(&h.held, 0));
-  tdm_thread *t = spawn(hold_until_go, &h);
+  tdm_thread *t = tdm_test_thread(hold_until_go, &h);
   CHECK_OK(tdm_event_wait(&h.held, TDM_FOREVER));
   CHECK(tdm_lock_locked(&l));
   CHECK(!tdm_lock_held(&l));
@@ -172,7 +166,7 @@ TEST(timeouts_are_not_extended_by_signals) {
   CHECK_OK(tdm_cond_init(&c, 0));
   tdm_lock cl;
   CHECK_OK(tdm_lock_init(&cl, 0));
-  tdm_thread *t = spawn(hold_until_go, &h);
+  tdm_thread *t = tdm_test_thread(hold_until_go, &h);
   CHECK_OK(tdm_event_wait(&h.held, TDM_FOREVER));
 
   signal_storm(true);
@@ -231,7 +225,7 @@ TEST(lock_stress_threads) {
   struct counting c = { &l, &counter, &inside, 40000 };
   tdm_thread *t[8];
   for (int i = 0; i < 8; i++)
-    t[i] = spawn(count_under_lock, &c);
+    t[i] = tdm_test_thread(count_under_lock, &c);
   for (int i = 0; i < 8; i++)
     join(t[i]);
   CHECK_EQ(counter, 8 * 40000);
@@ -251,7 +245,7 @@ TEST(lock_stress_processes) {
     p[i] = tdm_test_fork(count_shared, s);
   /* The parent's threads compete too. */
   struct counting c = { &s->lock, &s->counter, &s->inside, 20000 };
-  tdm_thread *t = spawn(count_under_lock, &c);
+  tdm_thread *t = tdm_test_thread(count_under_lock, &c);
   for (int i = 0; i < 4; i++)
     tdm_test_wait_ok(p[i]);
   join(t);
@@ -300,7 +294,7 @@ TEST(lock_owner_death_wakes_a_sleeping_waiter) {
   pid_t p = tdm_test_fork(take_and_hang, s);
   CHECK_OK(tdm_event_wait(&s->event, TDM_FOREVER));
   struct killer k = { tdm_test_gettid(), p };
-  tdm_thread *t = spawn(kill_when_asleep, &k);
+  tdm_thread *t = tdm_test_thread(kill_when_asleep, &k);
   /* Asleep in the futex when the owner dies: the kernel must wake us. */
   CHECK_ERR(tdm_lock_acquire(&s->lock, TDM_FOREVER), -EOWNERDEAD);
   tdm_lock_release(&s->lock);
@@ -338,7 +332,7 @@ static void take_and_return(void *arg) {
 
 TEST(lock_owner_thread_exit_is_reported) {
   struct shared *s = shared_new();
-  join(spawn(take_and_return, &s->lock));
+  join(tdm_test_thread(take_and_return, &s->lock));
   CHECK_ERR(tdm_lock_acquire(&s->lock, TDM_FOREVER), -EOWNERDEAD);
   tdm_lock_release(&s->lock);
 }
@@ -434,7 +428,7 @@ TEST(lock_robust_list_random_interleaving) {
       CHECK_OK(tdm_lock_init(&m->locks[i], TDM_SYNC_SHARED));
       robust_pthread_init(&m->mutexes[i]);
     }
-    join(spawn(random_mix_then_exit, m));
+    join(tdm_test_thread(random_mix_then_exit, m));
     for (int i = 0; i < NMIX; i++) {
       CHECK_ERR(tdm_lock_acquire(&m->locks[i], 0), m->held_lock[i] ? -EOWNERDEAD : 0);
       tdm_lock_release(&m->locks[i]);
@@ -508,7 +502,7 @@ static void release_from_wrong_thread(void *arg) {
   static tdm_lock l;
   CHECK_OK(tdm_lock_init(&l, 0));
   CHECK_OK(tdm_lock_acquire(&l, TDM_FOREVER));
-  join(spawn(release_from_wrong_thread_body, &l));
+  join(tdm_test_thread(release_from_wrong_thread_body, &l));
 }
 
 static void fini_held(void *arg) {
@@ -625,7 +619,7 @@ TEST(shared_locks_refuse_a_thread_without_a_robust_list) {
   struct shared *s = shared_new();
   CHECK_OK(tdm_barrier_init(&s->barrier, 1, TDM_SYNC_SHARED));
   struct unusable u = { s, 1, 1, 1, 1, 1, 1 };
-  join(spawn(without_robust_list, &u));
+  join(tdm_test_thread(without_robust_list, &u));
   CHECK_ERR(u.init, -ENOTSUP);
   CHECK_ERR(u.barrier_init, -ENOTSUP);
   CHECK_ERR(u.lock, -ENOTSUP);
@@ -661,16 +655,16 @@ TEST(rlock_levels) {
     CHECK_EQ(tdm_rlock_level(&l), i);
   }
   struct rholder h = { &l, 1 };
-  join(spawn(rlock_try, &h));
+  join(tdm_test_thread(rlock_try, &h));
   CHECK_ERR(h.result, -ETIMEDOUT);
   tdm_rlock_release(&l);
   tdm_rlock_release(&l);
   CHECK(tdm_rlock_held(&l));
-  join(spawn(rlock_try, &h));
+  join(tdm_test_thread(rlock_try, &h));
   CHECK_ERR(h.result, -ETIMEDOUT);
   tdm_rlock_release(&l);
   CHECK(!tdm_rlock_held(&l));
-  join(spawn(rlock_try, &h));
+  join(tdm_test_thread(rlock_try, &h));
   CHECK_OK(h.result);
   /* The level cannot wrap: at UINT32_MAX levels, one more is refused and nothing changes. */
   CHECK_OK(tdm_rlock_acquire(&l, 0));
@@ -731,7 +725,7 @@ TEST(rlock_stress_threads) {
   tdm_thread *t[6];
   for (int i = 0; i < 6; i++) {
     c[i] = (struct rcount){ &l, &counter, (uint64_t)i * 7919 + 1 };
-    t[i] = spawn(rlock_random_depths, &c[i]);
+    t[i] = tdm_test_thread(rlock_random_depths, &c[i]);
   }
   for (int i = 0; i < 6; i++)
     join(t[i]);
@@ -808,9 +802,9 @@ TEST(cond_producers_and_consumers_threads) {
   CHECK_OK(tdm_cond_init(&q.not_full, 0));
   tdm_thread *t[6];
   for (int i = 0; i < 3; i++)
-    t[i] = spawn(producer, &q);
+    t[i] = tdm_test_thread(producer, &q);
   for (int i = 3; i < 6; i++)
-    t[i] = spawn(consumer, &q);
+    t[i] = tdm_test_thread(consumer, &q);
   for (int i = 0; i < 6; i++)
     join(t[i]);
   CHECK_EQ(q.len, 0);
@@ -904,7 +898,7 @@ TEST(cond_notify_n_wakes_n_sleepers) {
   CHECK_OK(tdm_cond_init(&w.cond, 0));
   tdm_thread *t[4];
   for (int i = 0; i < 4; i++)
-    t[i] = spawn(cond_waiter, &w);
+    t[i] = tdm_test_thread(cond_waiter, &w);
   WAIT_UNTIL(all_asleep(&w, 4));
   notify_locked(&w, 0); /* n = 0 wakes nobody */
   notify_locked(&w, 1);
@@ -927,7 +921,7 @@ TEST(cond_notify_all_wakes_everyone) {
   CHECK_OK(tdm_cond_init(&w.cond, 0));
   tdm_thread *t[8];
   for (int i = 0; i < 8; i++)
-    t[i] = spawn(cond_waiter, &w);
+    t[i] = tdm_test_thread(cond_waiter, &w);
   WAIT_UNTIL(all_asleep(&w, 8));
   notify_locked(&w, -1);
   for (int i = 0; i < 8; i++)
@@ -960,7 +954,7 @@ TEST(cond_with_recursive_lock) {
   CHECK_OK(tdm_cond_init(&r.cond, 0));
   CHECK_OK(tdm_rlock_acquire(&r.lock, TDM_FOREVER));
   CHECK_OK(tdm_rlock_acquire(&r.lock, TDM_FOREVER));
-  tdm_thread *t = spawn(rcond_signaller, &r);
+  tdm_thread *t = tdm_test_thread(rcond_signaller, &r);
   CHECK_OK(tdm_cond_wait_for_rlock(&r.cond, &r.lock, rcond_ready, &r, TDM_FOREVER));
   CHECK_EQ(tdm_rlock_level(&r.lock), 2);
   CHECK_ERR(tdm_cond_wait_rlock(&r.cond, &r.lock, TDM_MS(10)), -ETIMEDOUT);
@@ -1140,7 +1134,7 @@ TEST(sem_release_n_lets_n_through) {
   CHECK_OK(tdm_sem_init(&w.sem, 0, 0, 0));
   tdm_thread *t[4];
   for (int i = 0; i < 4; i++)
-    t[i] = spawn(sem_waiter, &w);
+    t[i] = tdm_test_thread(sem_waiter, &w);
   WAIT_UNTIL(sem_all_asleep(&w, 4));
   CHECK_OK(tdm_sem_release(&w.sem, 2));
   WAIT_UNTIL(__atomic_load_n(&w.passed, __ATOMIC_SEQ_CST) == 2);
@@ -1180,7 +1174,7 @@ TEST(sem_stress_threads) {
   struct pool p = { &s, &holders, &max_holders, 30000 };
   tdm_thread *t[8];
   for (int i = 0; i < 8; i++)
-    t[i] = spawn(use_pool, &p);
+    t[i] = tdm_test_thread(use_pool, &p);
   for (int i = 0; i < 8; i++)
     join(t[i]);
   CHECK(max_holders >= 1 && max_holders <= 3);
@@ -1293,7 +1287,7 @@ static void event_waiters_run(bool clear_at_once) {
   tdm_thread *t[8];
   for (int i = 0; i < 8; i++) {
     args[i] = (struct ev_arg){ &w, i };
-    t[i] = spawn(event_waiter, &args[i]);
+    t[i] = tdm_test_thread(event_waiter, &args[i]);
   }
   WAIT_UNTIL(__atomic_load_n(&w.registered, __ATOMIC_SEQ_CST) == 8);
   for (int i = 0; i < 8; i++)
@@ -1377,7 +1371,7 @@ TEST(barrier_rounds_threads) {
   CHECK_EQ(tdm_barrier_parties(&r->barrier), PARTIES);
   tdm_thread *t[PARTIES];
   for (int i = 0; i < PARTIES; i++)
-    t[i] = spawn(barrier_party, r);
+    t[i] = tdm_test_thread(barrier_party, r);
   for (int i = 0; i < PARTIES; i++)
     join(t[i]);
   CHECK_EQ(r->actions, ROUNDS);
@@ -1449,7 +1443,7 @@ TEST(barrier_failed_action_breaks_it) {
   tdm_thread *t[3];
   for (int i = 0; i < 3; i++) {
     p[i] = (struct party){ &b, TDM_FOREVER, 99, failing_action };
-    t[i] = spawn(one_wait, &p[i]);
+    t[i] = tdm_test_thread(one_wait, &p[i]);
   }
   for (int i = 0; i < 3; i++)
     join(t[i]);
@@ -1466,7 +1460,7 @@ TEST(barrier_failed_action_breaks_it) {
   CHECK(!tdm_barrier_broken(&b));
   for (int i = 0; i < 3; i++) {
     p[i] = (struct party){ &b, TDM_FOREVER, 99, NULL };
-    t[i] = spawn(one_wait, &p[i]);
+    t[i] = tdm_test_thread(one_wait, &p[i]);
   }
   for (int i = 0; i < 3; i++)
     join(t[i]);
@@ -1477,7 +1471,7 @@ TEST(barrier_timeout_breaks_it_for_everyone) {
   tdm_barrier b;
   CHECK_OK(tdm_barrier_init(&b, 3, 0));
   struct party forever = { &b, TDM_FOREVER, 99, NULL };
-  tdm_thread *t = spawn(one_wait, &forever);
+  tdm_thread *t = tdm_test_thread(one_wait, &forever);
   WAIT_UNTIL(tdm_barrier_n_waiting(&b) == 1);
   int64_t t0 = tdm_clock_now();
   CHECK_ERR(tdm_barrier_wait(&b, TDM_MS(30)), -ETIMEDOUT);
@@ -1497,7 +1491,7 @@ TEST(barrier_abort_and_reset) {
   tdm_barrier b;
   CHECK_OK(tdm_barrier_init(&b, 3, 0));
   struct party p[2] = { { &b, TDM_FOREVER, 99, NULL }, { &b, TDM_FOREVER, 99, NULL } };
-  tdm_thread *t[2] = { spawn(one_wait, &p[0]), spawn(one_wait, &p[1]) };
+  tdm_thread *t[2] = { tdm_test_thread(one_wait, &p[0]), tdm_test_thread(one_wait, &p[1]) };
   WAIT_UNTIL(tdm_barrier_n_waiting(&b) == 2);
   tdm_barrier_abort(&b);
   join(t[0]);
@@ -1509,8 +1503,8 @@ TEST(barrier_abort_and_reset) {
   /* Reset while parties wait: they are told the round is broken, the barrier is whole again. */
   tdm_barrier_reset(&b);
   p[0].result = p[1].result = 99;
-  t[0] = spawn(one_wait, &p[0]);
-  t[1] = spawn(one_wait, &p[1]);
+  t[0] = tdm_test_thread(one_wait, &p[0]);
+  t[1] = tdm_test_thread(one_wait, &p[1]);
   WAIT_UNTIL(tdm_barrier_n_waiting(&b) == 2);
   tdm_barrier_reset(&b);
   join(t[0]);
@@ -1523,7 +1517,7 @@ TEST(barrier_abort_and_reset) {
   tdm_thread *u[3];
   for (int i = 0; i < 3; i++) {
     q[i] = (struct party){ &b, TDM_FOREVER, 99, NULL };
-    u[i] = spawn(one_wait, &q[i]);
+    u[i] = tdm_test_thread(one_wait, &q[i]);
   }
   for (int i = 0; i < 3; i++)
     join(u[i]);
