@@ -19,5 +19,6 @@
 #include "tandem/gil.h"
 #include "tandem/shm.h"
 #include "tandem/process.h"
+#include "tandem/queue.h"
 
 #endif /* TANDEM_H */

@@ -75,6 +75,12 @@ typedef struct tdm_allocator {
  */
 TDM_API void tdm_allocator_set(const tdm_allocator *a);
 
+/*
+ * Frees a buffer that tandem allocated and handed to the caller (a message from
+ * tdm_queue_get() or tdm_conn_recv(), say), with the allocator that made it. NULL is a no-op.
+ */
+TDM_API void tdm_free(void *ptr);
+
 #ifdef __cplusplus
 }
 #endif

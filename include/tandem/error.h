@@ -25,14 +25,16 @@ extern "C" {
 #endif
 
 /* X(name, value, message): every tandem-specific code, in one table. */
-#define TDM_ERROR_MAP(X)                                                               \
-  X(EBROKEN, -1001,                                                                    \
-    "barrier is broken (a party timed out, it was aborted or reset, or its "           \
-    "action failed)")                                                                  \
-  X(EOVERRELEASE, -1002, "bounded semaphore released more times than it was acquired") \
-  X(EDAEMON, -1003, "a daemon process may not start children")                         \
-  X(ENOTASK, -1004, "the task function cannot be found in the child process")          \
-  X(ECHILDINIT, -1005, "the child process died before it could run its task")
+#define TDM_ERROR_MAP(X)                                                                   \
+  X(EBROKEN, -1001,                                                                        \
+    "barrier is broken (a party timed out, it was aborted or reset, or its "               \
+    "action failed)")                                                                      \
+  X(EOVERRELEASE, -1002, "bounded semaphore released more times than it was acquired")     \
+  X(EDAEMON, -1003, "a daemon process may not start children")                             \
+  X(ENOTASK, -1004, "the task function cannot be found in the child process")              \
+  X(ECHILDINIT, -1005, "the child process died before it could run its task")              \
+  X(EEOF, -1006, "end of stream: the queue was shut down and drained, or the peer closed") \
+  X(EAUTH, -1007, "authentication failed: the peer does not know the key")
 
 enum tdm_error {
 #define TDM_ERROR_ENUM_(name, value, message) TDM_##name = (value),

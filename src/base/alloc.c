@@ -52,3 +52,7 @@ char *tdm__strdup(const char *s) {
 const char *tdm_version(void) {
   return TDM_VERSION_STRING;
 }
+
+void tdm_free(void *ptr) {
+  tdm__free(ptr);
+}

@@ -207,6 +207,13 @@ int tdm__wait_readable(int fd, int64_t deadline);
 int tdm__thread_count(void);
 
 /*
+ * The start time of process `pid` (0: the caller), in clock ticks since boot: with the pid, it
+ * names one process for good, even after the pid is reused. Returns 0; -ESRCH when the process
+ * does not exist or has ended (a zombie); another negative errno when /proc cannot be read.
+ */
+int tdm__proc_start_time(pid_t pid, uint64_t *start);
+
+/*
  * Asks the kernel to send `sig` to the calling process when its parent thread ends
  * (PR_SET_PDEATHSIG), and returns false when the parent `parent` is already gone, which the
  * signal would have missed. Async-signal-safe.

@@ -302,23 +302,28 @@ tdm_arena *tdm_arena_check(void *mem) {
 
 /* ---- Allocation ------------------------------------------------------------------------------ */
 
-int tdm_arena_alloc(tdm_arena *a, size_t size, uint64_t *off) {
-  CHECK_ARENA(a, "tdm_arena_alloc");
-  TDM__REQUIRE(off != NULL, "tdm_arena_alloc: off is NULL");
-  if (size == 0) return -EINVAL;
-  if ((uint64_t)size > a->size_) return -ENOMEM; /* also keeps the sum below from overflowing */
+/* The block size an allocation of `size` bytes takes, or 0 when it cannot fit in the arena. */
+static uint64_t need_for(const tdm_arena *a, size_t size) {
+  if ((uint64_t)size > a->size_) return 0; /* also keeps the sum below from overflowing */
   uint64_t need = ((uint64_t)size + HDR + 15) & ~UINT64_C(15);
-  if (need < MIN_BLOCK) need = MIN_BLOCK;
+  return need < MIN_BLOCK ? MIN_BLOCK : need;
+}
 
-  int r = lock_arena(a, "tdm_arena_alloc");
-  if (r < 0) return r;
+/*
+ * Takes a used block of `need` bytes (the lock held); returns its payload's offset, or 0. With
+ * `cell`, writes `ticket` at the start of the payload and the payload's offset in *cell once
+ * the block is out of its list and before the store that marks it used: a process that dies
+ * in between leaves *cell naming a block that the repair finds free.
+ */
+static uint64_t alloc_locked(tdm_arena *a, uint64_t need, uint64_t ticket, uint64_t *cell) {
   uint64_t h = find_block(a, need);
-  if (h == 0) {
-    unlock_arena(a);
-    return -ENOMEM;
-  }
+  if (h == 0) return 0;
   uint64_t have = block_size(a, h);
   list_remove(a, h, have);
+  if (cell != NULL) {
+    __atomic_store_n(at(a, h + HDR), ticket, __ATOMIC_RELAXED);
+    __atomic_store_n(cell, h + HDR, __ATOMIC_RELEASE);
+  }
   if (have - need >= MIN_BLOCK) {
     uint64_t tail = h + need, rest = have - need;
     hstore(a, tail + 8, need);
@@ -331,9 +336,33 @@ int tdm_arena_alloc(tdm_arena *a, size_t size, uint64_t *off) {
     hstore(a, h, TAG | have | USED);
   }
   a->used_ += have;
+  return h + HDR;
+}
+
+int tdm_arena_alloc(tdm_arena *a, size_t size, uint64_t *off) {
+  CHECK_ARENA(a, "tdm_arena_alloc");
+  TDM__REQUIRE(off != NULL, "tdm_arena_alloc: off is NULL");
+  if (size == 0) return -EINVAL;
+  uint64_t need = need_for(a, size);
+  if (need == 0) return -ENOMEM;
+  int r = lock_arena(a, "tdm_arena_alloc");
+  if (r < 0) return r;
+  uint64_t got = alloc_locked(a, need, 0, NULL);
   unlock_arena(a);
-  *off = h + HDR;
+  if (got == 0) return -ENOMEM;
+  *off = got;
   return 0;
+}
+
+int tdm__arena_alloc_tagged(tdm_arena *a, size_t size, uint64_t ticket, uint64_t *cell) {
+  CHECK_ARENA(a, "tdm__arena_alloc_tagged");
+  uint64_t need = need_for(a, size < 8 ? 8 : size);
+  if (need == 0) return -ENOMEM;
+  int r = lock_arena(a, "tdm__arena_alloc_tagged");
+  if (r < 0) return r;
+  uint64_t got = alloc_locked(a, need, ticket, cell);
+  unlock_arena(a);
+  return got != 0 ? 0 : -ENOMEM;
 }
 
 /* NULL when `off` is the payload of a used block (the lock held), else what is wrong with it. */
@@ -367,9 +396,9 @@ static uint64_t lock_block(tdm_arena *a, uint64_t off, const char *what) {
   return off - HDR;
 }
 
-void tdm_arena_free(tdm_arena *a, uint64_t off) {
-  CHECK_ARENA(a, "tdm_arena_free");
-  uint64_t h = lock_block(a, off, "tdm_arena_free"), size = block_size(a, h);
+/* Frees the used block with header h and merges it with its free neighbours (the lock held). */
+static void free_locked(tdm_arena *a, uint64_t h) {
+  uint64_t size = block_size(a, h);
   a->used_ -= size;
   hstore(a, h, TAG | size); /* the free itself */
 
@@ -390,7 +419,26 @@ void tdm_arena_free(tdm_arena *a, uint64_t off) {
   }
   hstore(a, h + size + 8, size);
   list_insert(a, h, size);
+}
+
+void tdm_arena_free(tdm_arena *a, uint64_t off) {
+  CHECK_ARENA(a, "tdm_arena_free");
+  free_locked(a, lock_block(a, off, "tdm_arena_free"));
   unlock_arena(a);
+}
+
+bool tdm__arena_free_tagged(tdm_arena *a, uint64_t off, uint64_t ticket) {
+  CHECK_ARENA(a, "tdm__arena_free_tagged");
+  lock_or_abort(a, "tdm__arena_free_tagged");
+  bool ours =
+      check_block(a, off) == NULL && __atomic_load_n(at(a, off), __ATOMIC_RELAXED) == ticket;
+  if (ours) {
+    /* Cleared first, so that the block, once reused, never carries the old ticket. */
+    __atomic_store_n(at(a, off), 0, __ATOMIC_RELAXED);
+    free_locked(a, off - HDR);
+  }
+  unlock_arena(a);
+  return ours;
 }
 
 /* ---- Addresses and statistics ---------------------------------------------------------------- */

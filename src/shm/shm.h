@@ -66,4 +66,22 @@ void tdm__shm_disown(struct tdm__shm_owner *o);
 /* True when the calling process owns the record (not a parent it was forked from). */
 bool tdm__shm_owns(const struct tdm__shm_owner *o);
 
+/*
+ * Tagged blocks, for users of an arena that must free a block exactly once even when the
+ * process that held it died at any instruction (the queue's large messages). A tagged block
+ * carries a caller-chosen nonzero `ticket` in its first 8 bytes, written under the arena's lock.
+ *
+ * tdm__arena_alloc_tagged() allocates max(size, 8) bytes, writes `ticket` at the start of the
+ * payload and stores the payload's offset in *cell (a shared word the caller's recovery code
+ * reads) before the block is marked used: whatever instruction the process dies at, the arena
+ * has no used block that *cell does not name. Returns 0, -ENOMEM, or -ENOTSUP as
+ * tdm_arena_alloc().
+ *
+ * tdm__arena_free_tagged() frees the block at `off` only if it is allocated and carries
+ * `ticket`, so calling it twice, or on a block that was freed and allocated again since, does
+ * nothing (tickets are never reused). Returns whether it freed.
+ */
+int tdm__arena_alloc_tagged(tdm_arena *a, size_t size, uint64_t ticket, uint64_t *cell);
+bool tdm__arena_free_tagged(tdm_arena *a, uint64_t off, uint64_t ticket);
+
 #endif /* TDM_SHM_INTERNAL_H */

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -69,24 +70,63 @@ int tdm__wait_readable(int fd, int64_t deadline) {
   }
 }
 
-int tdm__thread_count(void) {
-  int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  char buf[1024];
-  ssize_t n = read(fd, buf, sizeof buf - 1);
+/*
+ * Reads /proc/<pid>/stat ("self" for pid 0) into buf (NUL-terminated) and returns a pointer to
+ * the state field, just after the command name (which may hold spaces and parentheses, so
+ * fields count from the last ')'), or NULL with errno set.
+ */
+static char *read_stat(pid_t pid, char *buf, size_t size) {
+  char path[32];
+  if (pid == 0)
+    snprintf(path, sizeof path, "/proc/self/stat");
+  else
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return NULL;
+  ssize_t n = read(fd, buf, size - 1);
+  int err = errno;
   close(fd);
-  if (n <= 0) return -1;
-  buf[n] = '\0';
-  /* The command name may hold spaces and parentheses: fields count from the last ')'. */
-  char *p = strrchr(buf, ')');
-  if (p == NULL) return -1;
-  /* After ")": state(3) ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt
-   * utime stime cutime cstime priority nice num_threads(20). */
-  int field = 2;
-  for (; *p != '\0'; p++) {
-    if (*p == ' ' && ++field == 20) return atoi(p + 1);
+  if (n <= 0) {
+    errno = n < 0 ? err : ESRCH;
+    return NULL;
   }
-  return -1;
+  buf[n] = '\0';
+  char *p = strrchr(buf, ')');
+  if (p == NULL || p[1] != ' ' || p[2] == '\0') {
+    errno = EIO;
+    return NULL;
+  }
+  return p + 2;
+}
+
+/* The text of field `field` (1-based, as in proc(5); 3 is the state) after read_stat(). */
+static const char *stat_field(const char *state, int field) {
+  const char *p = state;
+  for (int f = 3; f < field; f++) {
+    p = strchr(p, ' ');
+    if (p == NULL) return NULL;
+    p++;
+  }
+  return p;
+}
+
+int tdm__thread_count(void) {
+  char buf[1024];
+  char *state = read_stat(0, buf, sizeof buf);
+  const char *f = state != NULL ? stat_field(state, 20) : NULL;
+  return f != NULL ? atoi(f) : -1;
+}
+
+int tdm__proc_start_time(pid_t pid, uint64_t *start) {
+  char buf[1024];
+  char *state = read_stat(pid, buf, sizeof buf);
+  if (state == NULL) return errno == ENOENT || errno == ESRCH ? -ESRCH : -errno;
+  /* A zombie (or a process being torn down) has ended: it runs no more code. */
+  if (*state == 'Z' || *state == 'X' || *state == 'x') return -ESRCH;
+  const char *f = stat_field(state, 22);
+  if (f == NULL) return -EIO;
+  *start = strtoull(f, NULL, 10);
+  return 0;
 }
 
 bool tdm__parent_death_signal(int sig, pid_t parent) {
