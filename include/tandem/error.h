@@ -29,7 +29,9 @@ extern "C" {
   X(EBROKEN, -1001,                                                                        \
     "barrier is broken (a party timed out, it was aborted or reset, or its "               \
     "action failed)")                                                                      \
-  X(EOVERRELEASE, -1002, "bounded semaphore released more times than it was acquired")     \
+  X(EOVERRELEASE, -1002,                                                                   \
+    "released more times than acquired (a bounded semaphore), or task_done() called more " \
+    "times than messages were put")                                                        \
   X(EDAEMON, -1003, "a daemon process may not start children")                             \
   X(ENOTASK, -1004, "the task function cannot be found in the child process")              \
   X(ECHILDINIT, -1005, "the child process died before it could run its task")              \

@@ -58,8 +58,8 @@ typedef struct tdm_queue_options {
                              to a power of two; 0: 1024 */
   size_t max_message;     /* the longest message in bytes; 0: 1 MiB */
   size_t max_bytes;       /* arena bytes for messages too large for a slot, held at once; at
-                             least max_message plus 64 bytes of overhead; 0: 4 * max_message,
-                             at least 1 MiB. The whole segment is reserved at open. */
+                             least max_message plus 64 bytes of overhead; 0: twice that.
+                             The whole segment is reserved at open. */
   size_t slot_payload;    /* bytes a message may have to travel inside a slot (no arena); a
                              slot is this plus 32 bytes, rounded up to 64; 0: 96 */
   unsigned max_processes; /* processes that may use the queue at once; 0: 256, at most 4095 */
@@ -110,7 +110,7 @@ TDM_API const char *tdm_queue_name(const tdm_queue *q);
  * Puts a copy of the `len` bytes at `msg` at the end of the queue, waiting up to `timeout` for
  * room (TDM_FOREVER, or 0 not to wait). When it returns 0 the message is in the queue; the
  * caller keeps `msg`. Returns 0; -EMSGSIZE when len > max_message; -EPIPE after
- * tdm_queue_shutdown(); -EAGAIN (timeout 0) or -ETIMEDOUT when the queue stayed full; -EUSERS
+ * tdm_queue_shutdown(); -ETIMEDOUT (also with a timeout of 0) when the queue stayed full; -EUSERS
  * when max_processes other processes use the queue already.
  */
 TDM_API int tdm_queue_put(tdm_queue *q, const void *msg, size_t len, int64_t timeout);
@@ -119,7 +119,7 @@ TDM_API int tdm_queue_put(tdm_queue *q, const void *msg, size_t len, int64_t tim
  * Takes the first message, waiting up to `timeout` for one, and returns it in *msg (allocated
  * with tandem's allocator: free it with tdm_free(); a 0-byte message is a valid pointer too)
  * and its length in *len. Returns 0; TDM_EEOF when the queue was shut down and is empty;
- * -EAGAIN (timeout 0) or -ETIMEDOUT when it stayed empty; -ENOMEM when the message cannot be
+ * -ETIMEDOUT (also with a timeout of 0) when it stayed empty; -ENOMEM when the message cannot be
  * allocated (it stays in the queue); -EUSERS as tdm_queue_put().
  */
 TDM_API int tdm_queue_get(tdm_queue *q, void **msg, size_t *len, int64_t timeout);
@@ -157,13 +157,13 @@ TDM_API size_t tdm_queue_max_message(const tdm_queue *q);
 
 /*
  * True when a get would not wait: a message is there, or the queue was shut down and drained
- * (a get would return TDM_EEOF). tdm_wait() uses it.
+ * (a get would return TDM_EEOF). tdm_conn_wait() uses it.
  */
 TDM_API bool tdm_queue_ready(tdm_queue *q);
 
 /*
  * Waits up to `timeout` until tdm_queue_ready() would be true, without taking anything.
- * Returns 0; -EAGAIN (timeout 0) or -ETIMEDOUT.
+ * Returns 0; -ETIMEDOUT (also with a timeout of 0).
  */
 TDM_API int tdm_queue_wait_ready(tdm_queue *q, int64_t timeout);
 
@@ -177,7 +177,7 @@ TDM_API int tdm_queue_task_done(tdm_queue *q);
 /*
  * JoinableQueue: waits up to `timeout` until every message put has been marked done with
  * tdm_queue_task_done() (or was lost with a process that died holding it). Returns 0;
- * -EAGAIN (timeout 0) or -ETIMEDOUT; -EINVAL without TDM_QUEUE_JOINABLE.
+ * -ETIMEDOUT (also with a timeout of 0); -EINVAL without TDM_QUEUE_JOINABLE.
  */
 TDM_API int tdm_queue_join(tdm_queue *q, int64_t timeout);
 

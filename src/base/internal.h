@@ -54,4 +54,30 @@ static inline int64_t tdm__deadline(int64_t timeout) {
 #define tdm__load_relaxed(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define tdm__store(p, v)     __atomic_store_n((p), (v), __ATOMIC_RELEASE)
 
+/* ---- ThreadSanitizer ------------------------------------------------------------------------
+ *
+ * ThreadSanitizer sees the threads of one process. When memory shared with other processes
+ * passes from a thread here to a thread here through another process (written by thread A, taken
+ * over and handed on by a process it cannot see, then read by thread B), it finds no
+ * happens-before between A and B and reports a race that is not one. Objects shared between
+ * processes mark their hand-off points on one address of the object: tdm__tsan_release() where
+ * a thread hands memory on, tdm__tsan_acquire() where a thread takes it over.
+ */
+#if defined(__SANITIZE_THREAD__)
+#define TDM__TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TDM__TSAN 1
+#endif
+#endif
+#ifdef TDM__TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define tdm__tsan_acquire(p) __tsan_acquire((void *)(p))
+#define tdm__tsan_release(p) __tsan_release((void *)(p))
+#else
+#define tdm__tsan_acquire(p) ((void)(p))
+#define tdm__tsan_release(p) ((void)(p))
+#endif
+
 #endif /* TDM_BASE_INTERNAL_H */
