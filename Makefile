@@ -8,9 +8,10 @@
 #   make test-asan  the whole test suite under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make test-tsan  the whole test suite under ThreadSanitizer
 #   make install    install into PREFIX (default /usr/local; DESTDIR is honoured)
+#   make fuzz       build the libFuzzer targets with clang (build-fuzz/), run each FUZZ_TIME s
 #   make format     apply .clang-format;  make format-check: fail if it would change anything
 #
-# Variables: BUILD (build directory), SANITIZE, WERROR=1, PREFIX, JOBS.
+# Variables: BUILD (build directory), SANITIZE, WERROR=1, PREFIX, JOBS, FUZZ_TIME (20).
 
 MAKEFLAGS += --no-print-directory
 
@@ -20,6 +21,7 @@ WERROR ?= $(TDM_WERROR)
 PREFIX ?= /usr/local
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_ARGS ?=
+FUZZ_TIME ?= 20
 
 ifeq ($(WERROR),1)
   CMAKE_ARGS += -DTDM_WERROR=ON
@@ -27,7 +29,7 @@ endif
 
 SOURCES := $(shell git ls-files '*.c' '*.h' 2>/dev/null)
 
-.PHONY: all build configure demo test bench install test-asan test-tsan format format-check clean
+.PHONY: all build configure demo test bench install test-asan test-tsan fuzz format format-check clean
 
 all: build
 
@@ -62,6 +64,14 @@ test-asan:
 test-tsan:
 	@$(MAKE) test BUILD=build-tsan SANITIZE=thread
 
+# The parsers that read what a peer sends (frames, the handshake), under libFuzzer with ASan+UBSan.
+fuzz:
+	@scripts/ensure-deps fuzz address,undefined
+	@cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DTDM_SANITIZE=address,undefined -DTDM_FUZZ=ON \
+	  -DTDM_BUILD_TESTS=OFF -DTDM_BUILD_EXAMPLES=OFF -DTDM_BUILD_BENCH=OFF >/dev/null
+	@cmake --build build-fuzz -j $(JOBS) --target fuzz_frame fuzz_auth_server fuzz_auth_client
+	@tests/fuzz/run build-fuzz $(FUZZ_TIME)
+
 format:
 	@scripts/ensure-deps format
 	@clang-format -i $(SOURCES)
@@ -71,4 +81,4 @@ format-check:
 	@clang-format --dry-run --Werror $(SOURCES)
 
 clean:
-	@rm -rf build build-asan build-tsan
+	@rm -rf build build-asan build-tsan build-fuzz

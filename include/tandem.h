@@ -6,7 +6,8 @@
  * Modules: base (version, CPU count, allocator), error, clock (timeouts and deadlines),
  * thread (threads, thread-local storage, timers), sync (locks, conditions, semaphores, events,
  * barriers, between threads and between processes), gil (a CPython-style GIL), shm (shared segments
- * with owners, shared arrays, an arena allocator), process (processes and start methods).
+ * with owners, shared arrays, an arena allocator), process (processes and start methods), conn
+ * (pipes, connections, listeners and clients with authentication, waiting on many objects).
  */
 #ifndef TANDEM_H
 #define TANDEM_H
@@ -20,5 +21,6 @@
 #include "tandem/shm.h"
 #include "tandem/process.h"
 #include "tandem/queue.h"
+#include "tandem/conn.h"
 
 #endif /* TANDEM_H */

@@ -302,4 +302,30 @@ int tdm__exec_self(char *const argv[], char *const envp[]);
  */
 int tdm__exec_self_plan(const void *addr, char *path, size_t size);
 
+/* ---- Sockets --------------------------------------------------------------------------------- */
+
+struct iovec;
+
+/*
+ * sendmsg() of the `iovcnt` buffers `iov` on the socket `sock`, with the `n` descriptors `fds`
+ * attached (SCM_RIGHTS; at most 253) and `flags` (MSG_NOSIGNAL is always added; EINTR is
+ * retried). Returns the number of bytes sent, possibly fewer than asked, or a negative errno.
+ */
+ssize_t tdm__sendmsg_fds(int sock, const struct iovec *iov, size_t iovcnt, const int *fds, size_t n,
+                         int flags);
+
+/*
+ * recvmsg() of at most `len` bytes with `flags` (EINTR is retried). The descriptors that came
+ * with them are made close-on-exec atomically and stored in fds[0..*n_fds) (room for `max_fds`);
+ * those beyond max_fds are closed. *truncated is set when descriptors were lost: closed for lack
+ * of room here, or dropped by the kernel (MSG_CTRUNC: its control buffer was too small, or this
+ * process's descriptor limit). Returns the number of bytes (0 at end of file) or a negative errno.
+ */
+ssize_t tdm__recvmsg_fds(int sock, void *buf, size_t len, int flags, int *fds, size_t max_fds,
+                         size_t *n_fds, bool *truncated);
+
+/* Fills `buf` with `len` random bytes from the kernel's generator (getrandom), waiting until it
+ * is seeded. Returns 0 or a negative errno. */
+int tdm__random(void *buf, size_t len);
+
 #endif /* TDM_PLATFORM_H */
