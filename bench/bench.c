@@ -63,6 +63,8 @@ typedef struct result {
   enum status status;
   double ns; /* the median, when ST_OK */
   int runs;
+  bench_rate rate; /* the workload's (C results only; see workload_rate()) */
+  int64_t bytes_per_op;
   char note[NOTE_MAX]; /* why it was skipped or failed */
 } result;
 
@@ -330,6 +332,8 @@ void bench_run(bench_ctx *ctx, const bench_workload *w) {
       fprintf(stderr, "\n");
     }
     result *r = add_result(ctx, w->key, w->impls[i].name, i == 0);
+    r->rate = w->rate;
+    r->bytes_per_op = w->bytes_per_op;
     if (err[i] == 0) {
       r->status = ST_OK;
       r->runs = runs;
@@ -657,6 +661,29 @@ static void format_ns(char *out, size_t size, const result *r) {
     snprintf(out, size, "%s", r->status == ST_SKIPPED ? "skipped" : "FAILED");
 }
 
+/* The C result of workload `key` that carries its rate, or NULL when it shows none. */
+static const result *workload_rate(const bench_ctx *ctx, const char *key) {
+  for (size_t i = 0; i < ctx->n_results; i++)
+    if (ctx->results[i].rate != BENCH_RATE_NONE && strcmp(ctx->results[i].workload, key) == 0)
+      return &ctx->results[i];
+  return NULL;
+}
+
+/* Formats the rate that a time of ns per operation makes: "12.3 M msg/s", "3.36 GB/s". */
+static void format_rate(char *out, size_t size, const result *info, double ns) {
+  if (info->rate == BENCH_RATE_BYTES) {
+    snprintf(out, size, "%.2f GB/s", (double)info->bytes_per_op / ns);
+  } else {
+    double per_s = 1e9 / ns;
+    if (per_s >= 1e6)
+      snprintf(out, size, "%.2f M msg/s", per_s / 1e6);
+    else if (per_s >= 1e3)
+      snprintf(out, size, "%.1f k msg/s", per_s / 1e3);
+    else
+      snprintf(out, size, "%.0f msg/s", per_s);
+  }
+}
+
 static void print_table(const bench_ctx *ctx, const size_t *order) {
   struct utsname u;
   char system[200] = "";
@@ -668,9 +695,11 @@ static void print_table(const bench_ctx *ctx, const size_t *order) {
   printf("\n%d runs per measurement after one warm-up, median shown%s.\n", ctx->opt.runs,
          ctx->opt.quick ? " (--quick: fewer iterations)" : "");
   printf("Times are ns per operation: one lock+unlock (contended: wall time / all parties' "
-         "operations),\none round trip (ping-pong, hand-off), or one child started and reaped "
-         "(process/start).\nratio = peer / tandem: how many times faster tandem is (below 1.00x, "
-         "tandem is slower).\n\n");
+         "operations),\none round trip (ping-pong, hand-off), one child started and reaped "
+         "(process/start),\nor one message delivered (queue/64b, queue/1mib: wall time / all "
+         "messages; the rates\nthat the times make follow the ratio, GB = 10^9 bytes).\n"
+         "ratio = peer / tandem: how many times faster tandem is (below 1.00x, tandem is "
+         "slower).\n\n");
 
   int wk = (int)strlen("workload"), wi = (int)strlen("peer");
   for (size_t i = 0; i < ctx->n_results; i++) {
@@ -688,6 +717,7 @@ static void print_table(const bench_ctx *ctx, const size_t *order) {
     /* order[k] starts a group: tandem's result (if any), then the peers of the same workload. */
     const result *t = ctx->results[order[k]].tandem ? &ctx->results[order[k]] : NULL;
     const char *key = ctx->results[order[k]].workload;
+    const result *info = workload_rate(ctx, key);
     char tns[32] = "-";
     if (t) {
       format_ns(tns, sizeof tns, t);
@@ -698,7 +728,12 @@ static void print_table(const bench_ctx *ctx, const size_t *order) {
       const result *p = &ctx->results[order[k]];
       char pns[32], ratio[NOTE_MAX + 16] = "-";
       format_ns(pns, sizeof pns, p);
-      if (p->status == ST_OK && t && t->status == ST_OK && t->ns > 0)
+      if (p->status == ST_OK && t && t->status == ST_OK && t->ns > 0 && p->ns > 0 && info) {
+        char tr[32], pr[32];
+        format_rate(tr, sizeof tr, info, t->ns);
+        format_rate(pr, sizeof pr, info, p->ns);
+        snprintf(ratio, sizeof ratio, "%.2fx  (tandem %s, peer %s)", p->ns / t->ns, tr, pr);
+      } else if (p->status == ST_OK && t && t->status == ST_OK && t->ns > 0)
         snprintf(ratio, sizeof ratio, "%.2fx", p->ns / t->ns);
       else if (p->status != ST_OK)
         snprintf(ratio, sizeof ratio, "(%s)", p->note);

@@ -1,7 +1,7 @@
 /*
  * bench.h: the benchmark harness shared by every suite of tandem-bench.
  *
- * A suite (sync_bench.c, process_bench.c; queues and pools later) describes each workload as a
+ * A suite (sync_bench.c, process_bench.c, queue_bench.c; pools later) describes each workload as a
  * key, iteration counts and a list of implementations: tandem's first, then its peers. Each
  * implementation is a function that performs one timed run of a given number of operations and
  * reports nanoseconds per operation. The harness selects workloads (--filter), warms every
@@ -41,12 +41,21 @@ typedef struct bench_impl {
 #define BENCH_MAX_IMPLS 6
 #define BENCH_KEY_MAX   64
 
+/*
+ * What the table shows beside the times of a throughput workload, computed from each time:
+ * nothing, operations (messages) per second, or bytes per second (one operation moves
+ * bytes_per_op bytes).
+ */
+typedef enum bench_rate { BENCH_RATE_NONE, BENCH_RATE_MSGS, BENCH_RATE_BYTES } bench_rate;
+
 typedef struct bench_workload {
   char key[BENCH_KEY_MAX]; /* "lock/contended/2-procs": what --filter matches */
   int64_t iters;           /* operations per run (the quick variant uses quick_iters) */
   int64_t quick_iters;
   /* A script in bench/peers/ that measures CPython's peers of this workload, or NULL. */
   const char *peer_script;
+  bench_rate rate;      /* BENCH_RATE_NONE unless set */
+  int64_t bytes_per_op; /* BENCH_RATE_BYTES */
   int n_impls;
   bench_impl impls[BENCH_MAX_IMPLS]; /* impls[0] is tandem's */
 } bench_workload;
@@ -156,5 +165,8 @@ void bench_sync_suite(bench_ctx *ctx);
 
 /* Process start + join per start method, with a small and a 1 GiB parent (process_bench.c). */
 void bench_process_suite(bench_ctx *ctx);
+
+/* Queue throughput (64 bytes, 1 MiB) and ping-pong between processes (queue_bench.c). */
+void bench_queue_suite(bench_ctx *ctx);
 
 #endif /* TDM_BENCH_H */

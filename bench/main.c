@@ -16,9 +16,10 @@ static void usage(FILE *f) {
   fprintf(f, "usage: tandem-bench [--quick] [--json] [--filter SUBSTRING] [--runs N] [--list]\n"
              "                    [--no-peers] [--verbose] [--help]\n"
              "\n"
-             "Measures tandem's synchronisation primitives and process starts against their\n"
-             "peers in the same run (pthreads, POSIX semaphores, raw fork/vfork/posix_spawn and\n"
-             "CPython's threading/multiprocessing), and prints ratios\n"
+             "Measures tandem's synchronisation primitives, process starts and queues\n"
+             "against their peers in the same run (pthreads, POSIX semaphores, raw\n"
+             "fork/vfork/posix_spawn, pipes, sockets, POSIX mq, memcpy and CPython's\n"
+             "threading/multiprocessing), and prints ratios\n"
              "(peer time / tandem time: how many times faster tandem is).\n"
              "\n"
              "  --quick             3 runs with fewer iterations (default: 5 runs)\n"
@@ -101,5 +102,6 @@ int main(int argc, char **argv) {
   }
   bench_sync_suite(ctx);
   bench_process_suite(ctx);
+  bench_queue_suite(ctx);
   return bench_finish(ctx);
 }
