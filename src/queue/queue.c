@@ -50,7 +50,9 @@
  *
  * Waiting. A get that finds nothing spins for about a sleep's cost, then registers in
  * get_waiters, re-checks and sleeps on the get_epoch futex; a put that publishes reads
- * get_waiters (after a full fence) and makes a system call only when someone sleeps. Puts wait
+ * get_waiters (both sides sequentially consistent) and makes a system call only when someone
+ * sleeps, and only when no woken getter is still on its way (get_pending): the woken getter
+ * passes the wake on if more messages wait, so a burst of puts costs one wake-up. Puts wait
  * the same way on put_epoch for room. Sleeps are cut into slices so that a waiter notices a
  * dead process, which wakes nobody.
  */
@@ -139,9 +141,11 @@ struct qhdr {
   _Alignas(LINE) uint64_t head;
   _Alignas(LINE) uint32_t get_epoch; /* bumped when a message may be there, or at shutdown */
   uint32_t get_waiters;              /* getters asleep on get_epoch */
+  uint32_t get_pending;              /* 1: a getter was woken and has not looked yet */
   uint32_t ready_waiters;            /* tdm_queue_wait_ready() callers asleep on it */
   _Alignas(LINE) uint32_t put_epoch; /* bumped when a slot or arena space was freed */
   uint32_t put_waiters;
+  uint32_t put_pending;
   _Alignas(LINE) uint32_t join_epoch; /* bumped when the unfinished count reaches 0 */
   uint32_t join_waiters;
 };
@@ -191,6 +195,20 @@ static void wake(uint32_t *epoch, const uint32_t *waiters, int n) {
   tdm__futex_wake(epoch, n, true);
 }
 
+/*
+ * Wakes one sleeper on `epoch`, unless none sleeps or one was woken already and has not looked
+ * yet (*pending): a burst of puts while a getter sleeps makes one system call, not one each.
+ * The woken waiter, once it has taken its message, wakes the next if more are there (chain()),
+ * and every waiter clears *pending when it counts itself in, so a wake is never held back by
+ * one that went to nobody.
+ */
+static void wake_one(uint32_t *epoch, const uint32_t *waiters, uint32_t *pending) {
+  if (__atomic_load_n(waiters, __ATOMIC_SEQ_CST) == 0) return;
+  if (__atomic_exchange_n(pending, 1, __ATOMIC_SEQ_CST) != 0) return;
+  __atomic_fetch_add(epoch, 1, __ATOMIC_SEQ_CST);
+  tdm__futex_wake(epoch, 1, true);
+}
+
 static void wake_getters(tdm_queue *q) {
   struct qhdr *h = q->h;
   uint32_t ready = __atomic_load_n(&h->ready_waiters, __ATOMIC_SEQ_CST);
@@ -198,7 +216,7 @@ static void wake_getters(tdm_queue *q) {
     __atomic_fetch_add(&h->get_epoch, 1, __ATOMIC_SEQ_CST);
     tdm__futex_wake(&h->get_epoch, INT32_MAX, true);
   } else {
-    wake(&h->get_epoch, &h->get_waiters, 1);
+    wake_one(&h->get_epoch, &h->get_waiters, &h->get_pending);
   }
 }
 
@@ -354,8 +372,8 @@ static int enter(tdm_queue *q) {
  */
 typedef bool (*ready_fn)(tdm_queue *q, const void *arg);
 
-static int park(tdm_queue *q, uint32_t *epoch, uint32_t *waiters, ready_fn ready, const void *arg,
-                int64_t deadline, int64_t *since) {
+static int park(tdm_queue *q, uint32_t *epoch, uint32_t *waiters, uint32_t *pending, ready_fn ready,
+                const void *arg, int64_t deadline, int64_t *since) {
   int64_t now = tdm_clock_now();
   if (*since == 0) {
     /*
@@ -384,8 +402,11 @@ static int park(tdm_queue *q, uint32_t *epoch, uint32_t *waiters, ready_fn ready
   int64_t until = now + (now - *since < SWEEP_FIRST ? SWEEP_FIRST : SWEEP_EVERY);
   if (until > deadline) until = deadline;
   __atomic_fetch_add(waiters, 1, __ATOMIC_SEQ_CST);
+  if (pending != NULL) __atomic_store_n(pending, 0, __ATOMIC_SEQ_CST);
   uint32_t e = __atomic_load_n(epoch, __ATOMIC_SEQ_CST);
   if (!ready(q, arg)) tdm__futex_wait(epoch, e, until, true);
+  /* Woken (or not): this waiter is about to look, so the next wake may go out. */
+  if (pending != NULL) __atomic_store_n(pending, 0, __ATOMIC_SEQ_CST);
   __atomic_fetch_sub(waiters, 1, __ATOMIC_RELAXED);
   return 0;
 }
@@ -461,7 +482,8 @@ static int fill_block(tdm_queue *q, const void *msg, size_t len, int64_t deadlin
     else if (timeout == 0)
       r = -ETIMEDOUT;
     else
-      r = park(q, &h->put_epoch, &h->put_waiters, can_alloc, &need, deadline, &since);
+      r = park(q, &h->put_epoch, &h->put_waiters, &h->put_pending, can_alloc, &need, deadline,
+               &since);
     if (r < 0) {
       __atomic_store_n(cell, 0, __ATOMIC_RELEASE);
       return r;
@@ -533,7 +555,8 @@ int tdm_queue_put(tdm_queue *q, const void *msg, size_t len, int64_t timeout) {
   int64_t since = 0;
   while ((r = claim_put(q, &s)) == -EAGAIN) {
     r = timeout == 0 ? -ETIMEDOUT
-                     : park(q, &h->put_epoch, &h->put_waiters, can_put, NULL, deadline, &since);
+                     : park(q, &h->put_epoch, &h->put_waiters, &h->put_pending, can_put, NULL,
+                            deadline, &since);
     if (r < 0) break;
   }
   if (r < 0) {
@@ -555,6 +578,9 @@ int tdm_queue_put(tdm_queue *q, const void *msg, size_t len, int64_t timeout) {
   uint64_t st = __atomic_load_n(&s->state, __ATOMIC_RELAXED);
   __atomic_store_n(&s->state, MK(SEQ_OF(st), 0, FULL), __ATOMIC_SEQ_CST);
   wake_getters(q);
+  /* A woken putter passes the wake on while there is room (see wake_one()). */
+  if (__atomic_load_n(&h->put_waiters, __ATOMIC_SEQ_CST) != 0 && can_put(q, NULL))
+    wake_one(&h->put_epoch, &h->put_waiters, &h->put_pending);
   /* The next put will most likely write the next slot: ask for its lines now, while the
    * caller goes on, so that its claim and copy find them in this core's cache. */
   struct slot *next = slot_at(q, SEQ_OF(st) + 1);
@@ -577,7 +603,7 @@ static void release_slot(tdm_queue *q, struct slot *s, uint64_t sq) {
   tdm__tsan_release(q->h);
   __atomic_store_n(&s->off, 0, __ATOMIC_RELAXED);
   __atomic_store_n(&s->state, MK(sq + q->h->capacity, 0, EMPTY), __ATOMIC_SEQ_CST);
-  wake(&q->h->put_epoch, &q->h->put_waiters, INT32_MAX);
+  wake_one(&q->h->put_epoch, &q->h->put_waiters, &q->h->put_pending);
 }
 
 /*
@@ -628,6 +654,8 @@ static int try_get(tdm_queue *q, struct sink *k, size_t *len) {
         tdm__arena_free_tagged(q->arena, off, __atomic_load_n(&s->ticket, __ATOMIC_RELAXED));
       }
       release_slot(q, s, seq(hd));
+      /* Arena space may let several putters on: wake them all (slots go one by one). */
+      if (off != 0) wake(&h->put_epoch, &h->put_waiters, INT32_MAX);
       *len = (size_t)n;
       return 0;
     }
@@ -653,9 +681,13 @@ static int get_into(tdm_queue *q, struct sink *k, size_t *len, int64_t timeout) 
   int64_t deadline = tdm__deadline(timeout), since = 0;
   while ((r = try_get(q, k, len)) == -EAGAIN) {
     if (timeout == 0) return -ETIMEDOUT;
-    r = park(q, &q->h->get_epoch, &q->h->get_waiters, can_get, NULL, deadline, &since);
+    r = park(q, &q->h->get_epoch, &q->h->get_waiters, &q->h->get_pending, can_get, NULL, deadline,
+             &since);
     if (r < 0) return -ETIMEDOUT;
   }
+  /* A woken getter passes the wake on while messages are left (see wake_one()). */
+  if (__atomic_load_n(&q->h->get_waiters, __ATOMIC_SEQ_CST) != 0 && tdm_queue_size(q) > 0)
+    wake_one(&q->h->get_epoch, &q->h->get_waiters, &q->h->get_pending);
   return r;
 }
 
@@ -734,7 +766,7 @@ int tdm_queue_wait_ready(tdm_queue *q, int64_t timeout) {
   int64_t deadline = tdm__deadline(timeout), since = 0;
   while (!can_get(q, NULL)) {
     if (timeout == 0) return -ETIMEDOUT;
-    if (park(q, &q->h->get_epoch, &q->h->ready_waiters, can_get, NULL, deadline, &since) < 0)
+    if (park(q, &q->h->get_epoch, &q->h->ready_waiters, NULL, can_get, NULL, deadline, &since) < 0)
       return -ETIMEDOUT;
   }
   return 0;
@@ -768,7 +800,7 @@ int tdm_queue_join(tdm_queue *q, int64_t timeout) {
   int64_t deadline = tdm__deadline(timeout), since = 0;
   while (!all_done(q, NULL)) {
     if (timeout == 0) return -ETIMEDOUT;
-    if (park(q, &h->join_epoch, &h->join_waiters, all_done, NULL, deadline, &since) < 0)
+    if (park(q, &h->join_epoch, &h->join_waiters, NULL, all_done, NULL, deadline, &since) < 0)
       return -ETIMEDOUT;
   }
   return 0;

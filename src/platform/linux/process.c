@@ -135,63 +135,6 @@ bool tdm__parent_death_signal(int sig, pid_t parent) {
   return getppid() == parent;
 }
 
-ssize_t tdm__send_fds(int sock, const void *buf, size_t len, const int *fds, size_t n) {
-  union {
-    struct cmsghdr align;
-    char space[CMSG_SPACE(sizeof(int) * 253)];
-  } control;
-  struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
-  struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-  if (n > 253) return -EINVAL;
-  if (n > 0) {
-    memset(&control, 0, sizeof control);
-    msg.msg_control = control.space;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * n);
-    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * n);
-    memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
-  }
-  for (;;) {
-    ssize_t r = sendmsg(sock, &msg, MSG_NOSIGNAL);
-    if (r >= 0) return r;
-    if (errno != EINTR) return -errno;
-  }
-}
-
-ssize_t tdm__recv_fds(int sock, void *buf, size_t len, int *fds, size_t max_fds, size_t *n_fds) {
-  union {
-    struct cmsghdr align;
-    char space[CMSG_SPACE(sizeof(int) * 253)];
-  } control;
-  struct iovec iov = { .iov_base = buf, .iov_len = len };
-  struct msghdr msg = { .msg_iov = &iov,
-                        .msg_iovlen = 1,
-                        .msg_control = control.space,
-                        .msg_controllen = sizeof control.space };
-  ssize_t r;
-  *n_fds = 0;
-  for (;;) {
-    r = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
-    if (r >= 0) break;
-    if (errno != EINTR) return -errno;
-  }
-  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    int got[253];
-    memcpy(got, CMSG_DATA(c), n * sizeof(int));
-    for (size_t i = 0; i < n; i++) {
-      if (*n_fds < max_fds)
-        fds[(*n_fds)++] = got[i];
-      else
-        close(got[i]);
-    }
-  }
-  return r;
-}
-
 int tdm__send_all(int sock, const void *buf, size_t len) {
   const char *p = buf;
   while (len > 0) {

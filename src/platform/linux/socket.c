@@ -1,6 +1,7 @@
 /*
  * socket.c: the platform calls of connections: message I/O with descriptors attached
- * (SCM_RIGHTS) that reports truncation, and random bytes from the kernel (getrandom).
+ * (SCM_RIGHTS) that reports truncation, and random bytes from the kernel (getrandom). The
+ * process module's boot messages use the same I/O through tdm__send_fds()/tdm__recv_fds().
  *
  * recvmsg() takes MSG_CMSG_CLOEXEC, so a received descriptor is never open without
  * close-on-exec, even for an instant in which another thread could exec. Descriptors the caller
@@ -78,6 +79,16 @@ ssize_t tdm__recvmsg_fds(int sock, void *buf, size_t len, int flags, int *fds, s
     }
   }
   return r;
+}
+
+ssize_t tdm__send_fds(int sock, const void *buf, size_t len, const int *fds, size_t n) {
+  struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+  return tdm__sendmsg_fds(sock, &iov, 1, fds, n, 0);
+}
+
+ssize_t tdm__recv_fds(int sock, void *buf, size_t len, int *fds, size_t max_fds, size_t *n_fds) {
+  bool truncated;
+  return tdm__recvmsg_fds(sock, buf, len, 0, fds, max_fds, n_fds, &truncated);
 }
 
 int tdm__random(void *buf, size_t len) {
