@@ -39,7 +39,7 @@ import multiprocessing
 import os
 import time
 
-from peerlib import options, report, unknown
+from peerlib import options, report, start_together, unknown
 
 now = time.monotonic_ns  # CLOCK_MONOTONIC: comparable between processes
 MP = multiprocessing.get_context("fork")
@@ -172,16 +172,7 @@ def stream(kind, producers, consumers, size):
             )
             for _ in range(producers)
         ]
-        for p in procs:
-            p.start()
-        for _ in procs:
-            ready.acquire()
-        t0 = now()
-        go.set()
-        for p in procs:
-            p.join()
-            if p.exitcode != 0:
-                raise RuntimeError("a party exited with %s" % p.exitcode)
+        t0 = start_together(procs, ready, go, now)
         if sum(got) != per * producers:
             raise RuntimeError("%d messages delivered, not %d" % (sum(got), per * producers))
         return max(ends) - t0, per * producers

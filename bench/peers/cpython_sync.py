@@ -19,7 +19,7 @@ import threading
 import time
 import types
 
-from peerlib import options, report, unknown
+from peerlib import options, report, start_together, unknown
 
 now = time.monotonic_ns  # CLOCK_MONOTONIC: comparable between processes
 MP = multiprocessing.get_context("fork")
@@ -106,16 +106,7 @@ def contended_procs(parties):
             )
             for i in range(parties)
         ]
-        for p in procs:
-            p.start()
-        for _ in procs:
-            ready.acquire()
-        t0 = now()
-        go.set()
-        for p in procs:
-            p.join()
-            if p.exitcode != 0:
-                raise RuntimeError("a process exited with %s" % p.exitcode)
+        t0 = start_together(procs, ready, go, now)
         if counter.value != n * parties:
             raise RuntimeError("counter %d, expected %d" % (counter.value, n * parties))
         return max(ends) - t0, n * parties

@@ -48,5 +48,22 @@ def report(key, impl, run, iters, args, prepare=None):
         emit({"workload": key, "impl": impl, "error": "%s: %s" % (type(e).__name__, e)})
 
 
+def start_together(procs, ready, go, now):
+    """Starts every process, waits until each has released `ready`, opens the gate `go`, joins
+    them all (a party that fails fails the measurement) and returns the clock reading taken
+    just before the gate opened."""
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.acquire()
+    t0 = now()
+    go.set()
+    for p in procs:
+        p.join()
+        if p.exitcode != 0:
+            raise RuntimeError("a party exited with %s" % p.exitcode)
+    return t0
+
+
 def unknown(key):
     emit({"workload": key, "impl": "CPython", "error": "no CPython peer for this workload"})

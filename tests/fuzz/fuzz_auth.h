@@ -9,17 +9,7 @@
 #include <string.h>
 
 #include "conn/conn.h"
-
-/* A check that stays in every build (assert() is compiled out under NDEBUG). */
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
-      abort();                                                                 \
-    }                                                                          \
-  } while (0)
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 static void run_side(bool server, const uint8_t *data, size_t size) {
   if (size < 1) return;

@@ -14,18 +14,9 @@
 #include <unistd.h>
 
 #include "conn/conn.h"
+#include "fuzz.h"
 
-/* A check that stays in every build (assert() is compiled out under NDEBUG). */
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
-      abort();                                                                 \
-    }                                                                          \
-  } while (0)
 #include "tandem.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static int count_fds(void) {
   int n = 0;
