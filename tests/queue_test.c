@@ -461,6 +461,71 @@ TEST(joinable_queue_across_processes) {
   CHECK_OK(tdm_queue_close(q));
 }
 
+/* A getter child: says it waits (1), takes one message into a 64 MiB buffer, says it has it (2). */
+struct lost_getter {
+  tdm_queue *q;
+  uint32_t state;
+  uint8_t *buf;
+};
+
+static void lost_getter(void *arg) {
+  struct lost_getter *g = arg;
+  size_t len;
+  __atomic_store_n(&g->state, 1, __ATOMIC_RELEASE);
+  CHECK_OK(tdm_queue_recv(g->q, g->buf, (size_t)64 << 20, &len, TDM_FOREVER));
+  __atomic_store_n(&g->state, 2, __ATOMIC_RELEASE);
+  pause();
+}
+
+TEST_T(joinable_message_lost_with_a_killed_getter_counts_as_done, 120) {
+  /* A getter is killed while it copies a 64 MiB message out (that takes milliseconds): the
+   * message is lost, and join must not wait for it. Where the kill lands is up to the
+   * scheduler, so the case tries again until one landed inside the copy. */
+  size_t big = (size_t)64 << 20;
+  tdm_queue_options o = { .flags = TDM_QUEUE_JOINABLE, .capacity = 4, .max_message = big };
+  struct lost_getter *g = tdm_test_shared(sizeof *g);
+  CHECK_OK(tdm_queue_open(&g->q, &o));
+  uint8_t *msg = malloc(big);
+  g->buf = malloc(big);
+  CHECK(msg != NULL && g->buf != NULL);
+  memset(msg, 0x3c, big);
+  memset(g->buf, 0, big); /* touched, so that the child's copy is only the copy */
+  bool lost = false;
+  for (int round = 0; round < 40 && !lost; round++) {
+    g->state = 0;
+    pid_t child = tdm_test_fork(lost_getter, g);
+    WAIT_UNTIL(__atomic_load_n(&g->state, __ATOMIC_ACQUIRE) == 1);
+    tdm_clock_sleep(TDM_MS(1)); /* the child is asleep in its get */
+    CHECK_OK(tdm_queue_put(g->q, msg, big, TDM_S(10)));
+    CHECK_EQ(tdm_queue_unfinished(g->q), 1);
+    tdm_clock_sleep(TDM_US(500 + 250 * (round % 8)));
+    tdm_test_kill_and_reap(child);
+    CHECK(tdm_queue_recover(g->q) >= 0);
+    tdm_queue_stats st;
+    tdm_queue_stats_get(g->q, &st);
+    if (st.lost == 1) {
+      lost = true; /* killed inside the get: the message is gone and counts as done */
+      CHECK(tdm_queue_empty(g->q));
+      CHECK_EQ(tdm_queue_unfinished(g->q), 0);
+      CHECK_OK(tdm_queue_join(g->q, 0));
+      CHECK_ERR(tdm_queue_task_done(g->q), TDM_EOVERRELEASE);
+      CHECK_EQ(st.bytes, 0);
+    } else if (__atomic_load_n(&g->state, __ATOMIC_ACQUIRE) == 2) {
+      CHECK_OK(tdm_queue_task_done(g->q)); /* the child had it whole: done on its behalf */
+    } else {
+      size_t len; /* killed before it took the message: take it here */
+      CHECK_OK(tdm_queue_recv(g->q, g->buf, big, &len, 0));
+      CHECK_EQ(len, big);
+      CHECK_OK(tdm_queue_task_done(g->q));
+    }
+    CHECK_OK(tdm_queue_join(g->q, 0));
+  }
+  CHECK(lost);
+  free(msg);
+  free(g->buf);
+  CHECK_OK(tdm_queue_close(g->q));
+}
+
 /* ---- Across processes
  * ---------------------------------------------------------------------------- */
 

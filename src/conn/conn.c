@@ -219,24 +219,6 @@ static int set_broken(tdm_conn *c, int code) {
   return code;
 }
 
-int tdm__wait_fd(int fd, short events, int64_t deadline) {
-  if (events == POLLIN) return tdm__wait_readable(fd, deadline);
-  for (;;) {
-    int ms = -1;
-    if (deadline != INT64_MAX) {
-      int64_t left = deadline - tdm_clock_now();
-      int64_t m = left <= 0 ? 0 : (left + 999999) / 1000000;
-      ms = m > INT32_MAX ? INT32_MAX : (int)m;
-    }
-    struct pollfd p = { .fd = fd, .events = events };
-    int r = poll(&p, 1, ms);
-    if (r > 0) return (p.revents & POLLNVAL) ? -EBADF : 1;
-    if (r < 0 && errno != EINTR) return -errno;
-    if (r == 0 && ms == 0) return 0;
-    if (r == 0 && deadline != INT64_MAX && tdm_clock_now() >= deadline) return 0;
-  }
-}
-
 /* ---- Sending --------------------------------------------------------------------------------- */
 
 static int send_message(tdm_conn *c, const void *buf, size_t len, const int *fds, size_t n_fds,

@@ -97,8 +97,4 @@ bool tdm__conn_can_recv(const tdm_conn *c);
  * body is all there, end of file, broken). */
 bool tdm__conn_ready_now(tdm_conn *c);
 
-/* poll() for `events` on `fd` until the absolute monotonic deadline (INT64_MAX: none; EINTR does
- * not end the wait). Returns 1 when an event came, 0 at the deadline, or a negative errno. */
-int tdm__wait_fd(int fd, short events, int64_t deadline);
-
 #endif /* TDM_CONN_CONN_H */

@@ -197,10 +197,14 @@ int tdm__pidfd_signal(int pidfd, int sig);
 int tdm__pidfd_reap(int pidfd, bool block, int *code);
 
 /*
- * Waits until `fd` is readable (or hung up), at most until the absolute monotonic `deadline`
- * (TDM__NEVER: no limit; EINTR does not end the wait). Returns 1 when readable, 0 at the
- * deadline, or a negative errno.
+ * Waits with poll() until `fd` has one of `events` (POLLIN, POLLOUT; a hang-up or an error
+ * counts too), at most until the absolute monotonic `deadline` (TDM__NEVER: no limit; EINTR
+ * does not end the wait; the timeout is rounded up, so the wait never ends early). Returns 1
+ * when an event came, 0 at the deadline, -EBADF when fd is not open, or another negative errno.
  */
+int tdm__wait_fd(int fd, short events, int64_t deadline);
+
+/* tdm__wait_fd(fd, POLLIN, deadline): until `fd` is readable (or hung up). */
 int tdm__wait_readable(int fd, int64_t deadline);
 
 /* The number of threads in the calling process (from /proc), or -1 when unknown. */

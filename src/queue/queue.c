@@ -91,10 +91,10 @@ enum { EMPTY, WRITING, FULL, READING };
 #define BLOCK_HDR 16u        /* the ticket, padded: payloads stay 16-byte aligned */
 
 #define MAX_PROCS     4095u
-#define PENDING_CELLS 3 /* large puts in flight at once per process */
-#define RESERVED      1 /* a pending cell taken, its block not yet allocated */
-#define SWEEP_FIRST   TDM_MS(10)
+#define PENDING_CELLS 3    /* large puts in flight at once per process */
+#define RESERVED      1    /* a pending cell taken, its block not yet allocated */
 #define SPIN_ALONE_NS 2000 /* a waiter spins this long before it starts to yield */
+#define SWEEP_FIRST   TDM_MS(10)
 #define SWEEP_EVERY   TDM_MS(100)
 
 /* Defaults. */
@@ -198,9 +198,9 @@ static void wake(uint32_t *epoch, const uint32_t *waiters, int n) {
 /*
  * Wakes one sleeper on `epoch`, unless none sleeps or one was woken already and has not looked
  * yet (*pending): a burst of puts while a getter sleeps makes one system call, not one each.
- * The woken waiter, once it has taken its message, wakes the next if more are there (chain()),
- * and every waiter clears *pending when it counts itself in, so a wake is never held back by
- * one that went to nobody.
+ * The woken waiter, once it has taken its message (or put its own), wakes the next if more
+ * are there, and every waiter clears *pending when it counts itself in and when it wakes, so a
+ * wake is never held back by one that went to nobody.
  */
 static void wake_one(uint32_t *epoch, const uint32_t *waiters, uint32_t *pending) {
   if (__atomic_load_n(waiters, __ATOMIC_SEQ_CST) == 0) return;
@@ -209,15 +209,16 @@ static void wake_one(uint32_t *epoch, const uint32_t *waiters, uint32_t *pending
   tdm__futex_wake(epoch, 1, true);
 }
 
+/*
+ * After a put: tdm_queue_wait_ready() callers share get_epoch with getters and take nothing, so
+ * while any sleeps everyone is woken (one of them may be the getter the message needs).
+ */
 static void wake_getters(tdm_queue *q) {
   struct qhdr *h = q->h;
-  uint32_t ready = __atomic_load_n(&h->ready_waiters, __ATOMIC_SEQ_CST);
-  if (ready != 0) {
-    __atomic_fetch_add(&h->get_epoch, 1, __ATOMIC_SEQ_CST);
-    tdm__futex_wake(&h->get_epoch, INT32_MAX, true);
-  } else {
+  if (__atomic_load_n(&h->ready_waiters, __ATOMIC_SEQ_CST) != 0)
+    wake(&h->get_epoch, &h->ready_waiters, INT32_MAX);
+  else
     wake_one(&h->get_epoch, &h->get_waiters, &h->get_pending);
-  }
 }
 
 static uint64_t unfinished(struct qhdr *h) {
@@ -366,9 +367,10 @@ static int enter(tdm_queue *q) {
 /* ---- Waiting --------------------------------------------------------------------------------- */
 
 /*
- * One round of waiting for `epoch` to move: announces the waiter, re-checks `ready` (true: no
- * sleep), sleeps until woken, the deadline, or the next sweep. Returns -ETIMEDOUT once the
- * deadline has passed, else 0 (look again).
+ * One round of waiting for `epoch` to move. *since is when the caller started to wait: 0 on the
+ * first round, which only spins (a caller that sets it first skips the spin). Later rounds
+ * announce the waiter, re-check `ready` (true: no sleep) and sleep until woken, the deadline or
+ * the next sweep. Returns -ETIMEDOUT once the deadline has passed, else 0 (look again).
  */
 typedef bool (*ready_fn)(tdm_queue *q, const void *arg);
 
@@ -461,7 +463,9 @@ static int fill_block(tdm_queue *q, const void *msg, size_t len, int64_t deadlin
                       uint64_t **cell_out, uint64_t *ticket_out) {
   struct qhdr *h = q->h;
   uint64_t *tcell = NULL, *cell;
-  int64_t since = 0;
+  /* No spin: looking for space takes the arena's lock, which a spin would keep from the
+   * getters that free it (and a large message costs more to copy than a sleep). */
+  int64_t since = tdm_clock_now();
   while ((cell = take_cell(q, &tcell)) == NULL) {
     /* More large puts in flight in this process than it has cells: a short nap. */
     if (tdm_clock_now() >= deadline) return -ETIMEDOUT;

@@ -48,7 +48,7 @@ int tdm__pidfd_reap(int pidfd, bool block, int *code) {
   return 1;
 }
 
-int tdm__wait_readable(int fd, int64_t deadline) {
+int tdm__wait_fd(int fd, short events, int64_t deadline) {
   for (;;) {
     int ms = -1;
     if (deadline != TDM__NEVER) {
@@ -61,13 +61,17 @@ int tdm__wait_readable(int fd, int64_t deadline) {
         ms = m > INT32_MAX ? INT32_MAX : (int)m;
       }
     }
-    struct pollfd p = { .fd = fd, .events = POLLIN };
+    struct pollfd p = { .fd = fd, .events = events };
     int r = poll(&p, 1, ms);
-    if (r > 0) return 1;
+    if (r > 0) return (p.revents & POLLNVAL) ? -EBADF : 1;
     if (r < 0 && errno != EINTR) return -errno;
     if (r == 0 && ms == 0) return 0;
     if (r == 0 && deadline != TDM__NEVER && tdm_clock_now() >= deadline) return 0;
   }
+}
+
+int tdm__wait_readable(int fd, int64_t deadline) {
+  return tdm__wait_fd(fd, POLLIN, deadline);
 }
 
 /*
