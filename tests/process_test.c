@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,15 +151,37 @@ TEST(exit_codes_multithreaded) {
     pthread_join(t[i], NULL);
 }
 
+struct parked {
+  tdm_event *stop;
+  _Atomic int32_t tid;
+};
+
 static void *park(void *arg) {
-  tdm_event_wait(arg, TDM_FOREVER);
+  struct parked *me = arg;
+  atomic_store(&me->tid, tdm_test_gettid());
+  tdm_event_wait(me->stop, TDM_FOREVER);
   return NULL;
 }
 
+/*
+ * Starts n threads that wait on `stop`, and returns once all of them sleep in the kernel. A
+ * thread still starting may hold the sanitizers' allocator lock, which a fork child would then
+ * wait on forever (GCC 12's libasan takes no such lock around fork); the library cannot help
+ * that, so the cases fork only from a process whose other threads are parked.
+ */
 static void start_threads(int n, pthread_t *t, tdm_event *stop) {
+  static struct parked parked[8];
+  CHECK(n <= 8);
   CHECK_OK(tdm_event_init(stop, TDM_SYNC_PRIVATE));
-  for (int i = 0; i < n; i++)
-    CHECK(pthread_create(&t[i], NULL, park, stop) == 0);
+  for (int i = 0; i < n; i++) {
+    parked[i].stop = stop;
+    atomic_store(&parked[i].tid, 0);
+    CHECK(pthread_create(&t[i], NULL, park, &parked[i]) == 0);
+  }
+  for (int i = 0; i < n; i++) {
+    WAIT_UNTIL(atomic_load(&parked[i].tid) != 0);
+    WAIT_UNTIL(tdm_test_thread_sleeping(atomic_load(&parked[i].tid)));
+  }
 }
 
 TEST(default_start_method) {
