@@ -350,7 +350,7 @@ static void cond_fini(pair_hdr *h) {
   }
 }
 
-static inline void tdm_wait(tdm_cond *c, tdm_lock *l) {
+static inline void tdm_cond_waiter(tdm_cond *c, tdm_lock *l) {
   int r = tdm_cond_wait(c, l, TDM_FOREVER);
   if (__builtin_expect(r != 0, 0)) die("tdm_cond_wait", r);
 }
@@ -368,7 +368,7 @@ static void cond_a(pair_hdr *h) {
       s->turn = 1;
       tdm_cond_notify(&s->tc, 1);
       while (s->turn == 1)
-        tdm_wait(&s->tc, &s->tl);
+        tdm_cond_waiter(&s->tc, &s->tl);
     }
     tdm_lock_release(&s->tl);
   } else {
@@ -389,7 +389,7 @@ static void cond_b(pair_hdr *h) {
     tdm_take(&s->tl);
     for (int64_t i = 0; i < h->rounds; i++) {
       while (s->turn == 0)
-        tdm_wait(&s->tc, &s->tl);
+        tdm_cond_waiter(&s->tc, &s->tl);
       s->turn = 0;
       tdm_cond_notify(&s->tc, 1);
     }

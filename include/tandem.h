@@ -6,8 +6,10 @@
  * Modules: base (version, CPU count, allocator), error, clock (timeouts and deadlines),
  * thread (threads, thread-local storage, timers), sync (locks, conditions, semaphores, events,
  * barriers, between threads and between processes), gil (a CPython-style GIL), shm (shared segments
- * with owners, shared arrays, an arena allocator), process (processes and start methods), conn
- * (pipes, connections, listeners and clients with authentication, waiting on many objects).
+ * with owners, shared arrays, an arena allocator), process (processes and start methods), queue
+ * (message queues), conn (pipes, connections, listeners and clients with authentication,
+ * waiting on many objects), future and pool (pools of threads or processes: tasks, futures,
+ * map and imap, crash recovery).
  */
 #ifndef TANDEM_H
 #define TANDEM_H
@@ -22,5 +24,7 @@
 #include "tandem/process.h"
 #include "tandem/queue.h"
 #include "tandem/conn.h"
+#include "tandem/future.h"
+#include "tandem/pool.h"
 
 #endif /* TANDEM_H */

@@ -144,8 +144,7 @@ static int move_above(int fd, int floor) {
   return n;
 }
 
-/* Finds fn from (object, offset). NULL when the object cannot be loaded or fn is not in it. */
-static tdm_process_fn resolve(const char *object, uint64_t offset) {
+void *tdm__fn_resolve(const char *object, uint64_t offset) {
   void *handle = object[0] == '\0' ? dlopen(NULL, RTLD_NOW) : dlopen(object, RTLD_NOW);
   if (handle == NULL) return NULL;
   struct link_map *lm = NULL;
@@ -155,10 +154,8 @@ static tdm_process_fn resolve(const char *object, uint64_t offset) {
   struct link_map *where = NULL;
   if (dladdr1((void *)addr, &info, (void **)&where, RTLD_DL_LINKMAP) == 0 || where != lm)
     return NULL;
-  /* The handle stays open: the task runs in this object. */
-  tdm_process_fn fn;
-  memcpy(&fn, &addr, sizeof fn);
-  return fn;
+  /* The handle stays open: the function runs in this object. */
+  return (void *)addr;
 }
 
 _Noreturn void tdm__child_boot(int channel) {
@@ -215,8 +212,10 @@ _Noreturn void tdm__child_boot(int channel) {
   if (b.flags & TDM__BOOT_JOINPG) (void)setpgid(0, b.parent_pgid);
   tdm__child_setup(name, daemon, (b.flags & TDM__BOOT_GROUP) != 0, b.parent_pid,
                    daemon ? fds[0] : -1, true);
-  tdm_process_fn fn = resolve(object, b.offset);
-  if (fn == NULL) boot_fail(channel, TDM_ENOTASK);
+  void *addr = tdm__fn_resolve(object, b.offset);
+  if (addr == NULL) boot_fail(channel, TDM_ENOTASK);
+  tdm_process_fn fn;
+  memcpy(&fn, &addr, sizeof fn);
   struct tdm__boot_reply reply = { TDM__BOOT_MAGIC, 0 };
   if (tdm__send_all(channel, &reply, sizeof reply) != 0) _exit(127);
   close(channel);

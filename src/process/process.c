@@ -119,15 +119,12 @@ int tdm_process_set_start_method(tdm_start_method m) {
   return 0;
 }
 
-/* The object that holds fn, and fn's offset in it. */
-static int task_identity(tdm_process_fn fn, const char **object, uint64_t *offset) {
+int tdm__fn_locate(const void *fn, const char **object, uint64_t *offset) {
   Dl_info info;
   struct link_map *lm = NULL;
-  void *addr;
-  memcpy(&addr, &fn, sizeof addr);
-  if (dladdr1(addr, &info, (void **)&lm, RTLD_DL_LINKMAP) == 0 || lm == NULL) return TDM_ENOTASK;
+  if (dladdr1(fn, &info, (void **)&lm, RTLD_DL_LINKMAP) == 0 || lm == NULL) return TDM_ENOTASK;
   *object = lm->l_name != NULL ? lm->l_name : "";
-  *offset = (uint64_t)((uintptr_t)addr - (uintptr_t)lm->l_addr);
+  *offset = (uint64_t)((uintptr_t)fn - (uintptr_t)lm->l_addr);
   return 0;
 }
 
@@ -155,7 +152,9 @@ int tdm_process_start(tdm_process **out, tdm_process_fn fn, const void *arg, siz
   tdm_start_method method =
       opt->start != TDM_START_DEFAULT ? opt->start : tdm_process_start_method();
   if (method != TDM_START_FORK) {
-    int r = task_identity(fn, &t.object, &t.offset);
+    void *addr;
+    memcpy(&addr, &fn, sizeof addr);
+    int r = tdm__fn_locate(addr, &t.object, &t.offset);
     if (r != 0) return r;
   }
   tdm_process *p = tdm__calloc(1, sizeof *p);

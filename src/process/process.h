@@ -100,6 +100,17 @@ struct tdm__task {
   uint64_t offset;
 };
 
+/*
+ * Function identity across exec. tdm__fn_locate() gives the loaded object that holds the code
+ * at `fn` (its path, "" for the main program; the string belongs to the dynamic loader) and the
+ * offset of `fn` in it: 0, or TDM_ENOTASK when no loaded object holds it. tdm__fn_resolve()
+ * does the reverse in any process running the same program: it loads the object if it must
+ * (dlopen(), which runs the library's constructors) and returns the address, or NULL when the
+ * object cannot be loaded or the address falls outside it.
+ */
+int tdm__fn_locate(const void *fn, const char **object, uint64_t *offset);
+void *tdm__fn_resolve(const char *object, uint64_t offset);
+
 /* ---- start.c --------------------------------------------------------------------------------- */
 
 /* Start p's child with each method; fill p->pid, pidfd (and status_fd). 0 or an error code;

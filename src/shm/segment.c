@@ -21,6 +21,11 @@
  * window between the lstat and the unlink is the only one left, and only a process that
  * removes and re-creates a name in that instant can lose its file.
  *
+ * Mappings. Every mapped handle is on one process-local list, so that tdm__shm_find() can tell
+ * whether an address range lies in a tandem segment (the process pool then passes the
+ * segment's descriptor to its workers instead of copying the bytes). The list's lock is taken
+ * around fork() by an atfork handler, so a fork child finds the list whole and the lock free.
+ *
  * Creation order. The reaper is told about a new segment right after the file exists (before
  * the reservation, which can take long for a large segment), and every failure after that
  * removes the file and tells the reaper, so nothing is left behind by a failure, and only a
@@ -28,6 +33,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -41,10 +47,73 @@ struct tdm_shm {
   size_t size;
   int fd;
   bool named;
+  bool listed;                 /* on the list of mappings */
+  struct tdm_shm *prev, *next; /* the list of mappings, under mappings.mu */
   dev_t dev;                   /* the file's identity, with owner.ino, for removal by inode */
   struct tdm__shm_owner owner; /* ownership record (reaper.c) */
   char name[];                 /* "/name" for a named segment */
 };
+
+/* The process's mapped segments (tdm__shm_find()). */
+static struct {
+  pthread_mutex_t mu;
+  tdm_shm *head;
+} mappings = { PTHREAD_MUTEX_INITIALIZER, NULL };
+
+static void mappings_lock(void) {
+  pthread_mutex_lock(&mappings.mu);
+}
+
+static void mappings_unlock(void) {
+  pthread_mutex_unlock(&mappings.mu);
+}
+
+__attribute__((constructor(103))) static void segment_init(void) {
+  pthread_atfork(mappings_lock, mappings_unlock, mappings_unlock);
+}
+
+static void list_mapping(tdm_shm *s) {
+  mappings_lock();
+  s->prev = NULL;
+  s->next = mappings.head;
+  if (mappings.head != NULL) mappings.head->prev = s;
+  mappings.head = s;
+  s->listed = true;
+  mappings_unlock();
+}
+
+static void unlist_mapping(tdm_shm *s) {
+  if (!s->listed) return;
+  mappings_lock();
+  if (s->prev != NULL)
+    s->prev->next = s->next;
+  else
+    mappings.head = s->next;
+  if (s->next != NULL) s->next->prev = s->prev;
+  s->listed = false;
+  mappings_unlock();
+}
+
+int tdm__shm_find(const void *p, size_t len, int *fd, size_t *offset) {
+  uintptr_t a = (uintptr_t)p;
+  int r = 0;
+  mappings_lock();
+  for (tdm_shm *s = mappings.head; s != NULL; s = s->next) {
+    uintptr_t base = (uintptr_t)s->addr;
+    if (a < base || a - base > s->size || len > s->size - (a - base)) continue;
+    int dup = fcntl(s->fd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) {
+      r = -errno;
+    } else {
+      *fd = dup;
+      *offset = (size_t)(a - base);
+      r = 1;
+    }
+    break;
+  }
+  mappings_unlock();
+  return r;
+}
 
 /* Largest segment: a mapping's size must fit ptrdiff_t, a file's size off_t. */
 static size_t max_size(void) {
@@ -91,6 +160,7 @@ static tdm_shm *new_handle(const char *base, size_t len) {
 
 /* Closes what the handle holds and frees it; removes nothing. */
 static void free_handle(tdm_shm *s) {
+  unlist_mapping(s);
   if (s->addr != MAP_FAILED) (void)munmap(s->addr, s->size);
   if (s->fd >= 0) (void)close(s->fd);
   tdm__free(s);
@@ -132,6 +202,7 @@ static int map(tdm_shm *s, size_t size) {
   if (p == MAP_FAILED) return -errno;
   s->addr = p;
   s->size = size;
+  list_mapping(s);
   return 0;
 }
 

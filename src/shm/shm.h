@@ -84,4 +84,13 @@ bool tdm__shm_owns(const struct tdm__shm_owner *o);
 int tdm__arena_alloc_tagged(tdm_arena *a, size_t size, uint64_t ticket, uint64_t *cell);
 bool tdm__arena_free_tagged(tdm_arena *a, uint64_t off, uint64_t ticket);
 
+/*
+ * Tells whether [p, p + len) lies inside a segment this process has mapped (any handle, made
+ * or attached). Returns 1 with a duplicate of that segment's descriptor in *fd (close-on-exec,
+ * owned by the caller, valid whatever becomes of the handle) and the range's offset in the
+ * segment in *offset; 0 when no segment holds the whole range; -EMFILE or another errno of the
+ * duplication. Thread-safe.
+ */
+int tdm__shm_find(const void *p, size_t len, int *fd, size_t *offset);
+
 #endif /* TDM_SHM_INTERNAL_H */
