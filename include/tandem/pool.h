@@ -175,7 +175,8 @@ typedef struct tdm_map_options {
  * Runs `fn` on each of the `n` items of `in_size` bytes at `in`, writing item i's output of
  * `out_size` bytes at out + i * out_size; returns when every item has run. On threads the
  * calling thread runs items too. Process workers use arrays that lie in a tandem shared segment
- * (shm.h) in place; other arrays are copied in and out through a temporary segment.
+ * (shm.h) in place; other arrays are copied in and out through a scratch segment, which the
+ * pool keeps for its next map (its memory stays until the pool closes).
  * `in_size` may be 0 (no input), and so may `out_size` (no output; out may be NULL).
  * Returns 0 when every item returned 0; TDM_ETASK when some failed (the other outputs are all
  * written; options.errors says which); -EPIPE after shutdown; TDM_EBROKEN; TDM_EINIT;

@@ -210,6 +210,7 @@ struct pmap {
   const char *obj;
   uint64_t off;
   tdm_shm *tmp;      /* argument, outcomes, copies */
+  bool on_scratch;   /* tmp is ps->scratch: neither dropped nor closed at the end */
   int32_t *rcs;      /* the outcomes, in tmp */
   int in_fd, out_fd; /* the caller's segments (duplicates), or -1 */
   uint64_t tmp_id, in_id, out_id;
@@ -263,6 +264,12 @@ struct procs {
   bool ended;                     /* the supervisor is done: no workers, no work */
   unsigned rr;                    /* where dispatch starts looking */
   uint64_t next_seg;
+  /* The map scratch segment: kept between maps, so that workers keep it mapped and its pages
+   * are faulted in once, not at every map. One map uses it at a time; a concurrent one gets a
+   * segment of its own. */
+  tdm_shm *scratch;
+  uint64_t scratch_id;
+  bool scratch_busy;
   /* The supervisor's (and open's, before it). */
   unsigned starts; /* for names: "<name>-<n>" */
   int64_t retry_at;
@@ -816,7 +823,7 @@ static void remove_map(struct procs *ps, struct pmap *pm) {
 
 /* Tells every worker that has pm's segments to unmap them. */
 static void drop_segments(struct procs *ps, struct pmap *pm) {
-  uint64_t ids[3] = { pm->tmp_id, pm->in_id, pm->out_id };
+  uint64_t ids[3] = { pm->on_scratch ? 0 : pm->tmp_id, pm->in_id, pm->out_id };
   for (unsigned i = 0; i < ps->nw; i++) {
     struct worker *w = &ps->w[i];
     if (w->proc == NULL || w->dead) continue;
@@ -1747,6 +1754,10 @@ static void destroy(struct procs *ps) {
   tdm__free(ps->w);
   if (ps->rq != NULL) tdm_queue_close(ps->rq);
   if (ps->seg != NULL) tdm_shm_close(ps->seg);
+  if (ps->scratch != NULL) {
+    (void)ftruncate(tdm_shm_fd(ps->scratch), 0);
+    tdm_shm_close(ps->scratch);
+  }
   if (ps->efd >= 0) close(ps->efd);
   for (size_t i = 0; i < ps->n_fns; i++)
     tdm__free((void *)(uintptr_t)ps->fns[i].obj);
@@ -1941,7 +1952,39 @@ static int procs_map(tdm_pool *p, struct tdm__map *m) {
   if (found_in == 0) at = ALIGN(at + in_bytes, 64);
   size_t tmp_out = at;
   if (found_out == 0) at = ALIGN(at + out_bytes, 64);
-  if (r == 0) r = tdm_shm_create(&pm->tmp, NULL, at > 0 ? at : 64, NULL);
+  if (at == 0) at = 64;
+  tdm_shm *old = NULL;
+  if (r == 0) {
+    pthread_mutex_lock(&ps->mu);
+    if (!ps->scratch_busy && ps->scratch != NULL && tdm_shm_size(ps->scratch) >= at) {
+      pm->tmp = ps->scratch;
+      pm->tmp_id = ps->scratch_id;
+      pm->on_scratch = true;
+      ps->scratch_busy = true;
+    }
+    pthread_mutex_unlock(&ps->mu);
+    if (pm->tmp == NULL) r = tdm_shm_create(&pm->tmp, NULL, at, NULL);
+    if (r == 0 && !pm->on_scratch) {
+      /* A free scratch too small (or none): this segment takes its place. */
+      pthread_mutex_lock(&ps->mu);
+      if (!ps->scratch_busy) {
+        if (ps->scratch != NULL) {
+          struct pmap gone = { .tmp_id = ps->scratch_id };
+          drop_segments(ps, &gone);
+          old = ps->scratch;
+        }
+        ps->scratch = pm->tmp;
+        ps->scratch_id = pm->tmp_id = ++ps->next_seg;
+        ps->scratch_busy = true;
+        pm->on_scratch = true;
+      }
+      pthread_mutex_unlock(&ps->mu);
+    }
+  }
+  if (old != NULL) {
+    (void)ftruncate(tdm_shm_fd(old), 0);
+    tdm_shm_close(old);
+  }
   if (r != 0) {
     if (pm->in_fd >= 0) close(pm->in_fd);
     if (pm->out_fd >= 0) close(pm->out_fd);
@@ -1951,6 +1994,8 @@ static int procs_map(tdm_pool *p, struct tdm__map *m) {
   unsigned char *base = tdm_shm_addr(pm->tmp);
   if (m->arg_size > 0) memcpy(base + pm->arg_off, m->arg, m->arg_size);
   pm->rcs = (int32_t *)(void *)(base + pm->rc_off);
+  /* A reused scratch still holds the last map's outcomes. */
+  if (pm->on_scratch) memset(pm->rcs, 0, n * sizeof(int32_t));
   pm->in_off = found_in ? off_in : tmp_in;
   pm->out_off = found_out ? off_out : tmp_out;
   if (found_in == 0 && in_bytes > 0) memcpy(base + tmp_in, m->in, in_bytes);
@@ -1961,7 +2006,7 @@ static int procs_map(tdm_pool *p, struct tdm__map *m) {
     pthread_mutex_unlock(&ps->mu);
   } else {
     pm->seq = atomic_fetch_add(&p->next_id, 1) + 1;
-    pm->tmp_id = ++ps->next_seg;
+    if (!pm->on_scratch) pm->tmp_id = ++ps->next_seg;
     pm->in_id = found_in ? ++ps->next_seg : 0;
     pm->out_id = found_out ? ++ps->next_seg : 0;
     pm->unsettled = n;
@@ -1985,10 +2030,16 @@ static int procs_map(tdm_pool *p, struct tdm__map *m) {
     atomic_store(&m->failed, failed);
     if (found_out == 0 && out_bytes > 0) memcpy(m->out, base + tmp_out, out_bytes);
   }
-  /* No worker touches the segment any more; its memory goes now, even if a worker made by
-   * fork meanwhile still holds a copy of the descriptor. */
-  (void)ftruncate(tdm_shm_fd(pm->tmp), 0);
-  tdm_shm_close(pm->tmp);
+  if (pm->on_scratch) {
+    pthread_mutex_lock(&ps->mu);
+    ps->scratch_busy = false;
+    pthread_mutex_unlock(&ps->mu);
+  } else {
+    /* No worker touches the segment any more; its memory goes now, even if a worker made by
+     * fork meanwhile still holds a copy of the descriptor. */
+    (void)ftruncate(tdm_shm_fd(pm->tmp), 0);
+    tdm_shm_close(pm->tmp);
+  }
   if (pm->in_fd >= 0) close(pm->in_fd);
   if (pm->out_fd >= 0) close(pm->out_fd);
   tdm__free(pm->redo);
