@@ -65,6 +65,7 @@ typedef struct result {
   int runs;
   bench_rate rate; /* the workload's (C results only; see workload_rate()) */
   int64_t bytes_per_op;
+  double goal;         /* a peer's goal, the least ratio that meets it; 0: none */
   char note[NOTE_MAX]; /* why it was skipped or failed */
 } result;
 
@@ -334,6 +335,7 @@ void bench_run(bench_ctx *ctx, const bench_workload *w) {
     result *r = add_result(ctx, w->key, w->impls[i].name, i == 0);
     r->rate = w->rate;
     r->bytes_per_op = w->bytes_per_op;
+    r->goal = w->goal[i];
     if (err[i] == 0) {
       r->status = ST_OK;
       r->runs = runs;
@@ -556,6 +558,7 @@ static void run_peer_script(bench_ctx *ctx, const char *script) {
               r->status = ST_OK;
               r->ns = ns;
               r->runs = json_number(line, "runs", &runs_d) ? (int)runs_d : ctx->opt.runs;
+              if (!json_number(line, "goal", &r->goal)) r->goal = 0;
             } else {
               if (!json_string(line, "error", err, sizeof err)) snprintf(err, sizeof err, "?");
               char note[NOTE_MAX];
@@ -645,6 +648,7 @@ static void print_json(const bench_ctx *ctx, const size_t *order) {
     else
       printf("null");
     printf(", \"runs\": %d", r->runs);
+    if (r->goal > 0) printf(", \"goal\": %g", r->goal);
     if (r->status != ST_OK) {
       printf(", \"%s\": ", r->status == ST_SKIPPED ? "skipped" : "failed");
       json_put_string(r->note);
@@ -674,14 +678,28 @@ static void format_rate(char *out, size_t size, const result *info, double ns) {
   if (info->rate == BENCH_RATE_BYTES) {
     snprintf(out, size, "%.2f GB/s", (double)info->bytes_per_op / ns);
   } else {
+    const char *unit = info->rate == BENCH_RATE_TASKS   ? "tasks/s"
+                       : info->rate == BENCH_RATE_ITEMS ? "items/s"
+                                                        : "msg/s";
     double per_s = 1e9 / ns;
     if (per_s >= 1e6)
-      snprintf(out, size, "%.2f M msg/s", per_s / 1e6);
+      snprintf(out, size, "%.2f M %s", per_s / 1e6, unit);
     else if (per_s >= 1e3)
-      snprintf(out, size, "%.1f k msg/s", per_s / 1e3);
+      snprintf(out, size, "%.1f k %s", per_s / 1e3, unit);
     else
-      snprintf(out, size, "%.0f msg/s", per_s);
+      snprintf(out, size, "%.0f %s", per_s, unit);
   }
+}
+
+/* Formats whether the ratio of peer p to tandem's t meets p's goal: "  goal >= 50x: met". */
+static void format_goal(char *out, size_t size, const result *p, const result *t) {
+  out[0] = '\0';
+  if (p->goal <= 0) return;
+  if (p->status == ST_OK && t != NULL && t->status == ST_OK && t->ns > 0)
+    snprintf(out, size, "  goal >= %.3gx: %s", p->goal,
+             p->ns / t->ns >= p->goal ? "met" : "NOT met");
+  else
+    snprintf(out, size, "  goal >= %.3gx: no number", p->goal);
 }
 
 static void print_table(const bench_ctx *ctx, const size_t *order) {
@@ -696,10 +714,12 @@ static void print_table(const bench_ctx *ctx, const size_t *order) {
          ctx->opt.quick ? " (--quick: fewer iterations)" : "");
   printf("Times are ns per operation: one lock+unlock (contended: wall time / all parties' "
          "operations),\none round trip (ping-pong, hand-off), one child started and reaped "
-         "(process/start),\nor one message delivered (queue/64b, queue/1mib: wall time / all "
-         "messages; the rates\nthat the times make follow the ratio, GB = 10^9 bytes).\n"
+         "(process/start),\none message delivered (queue/64b, queue/1mib: wall time / all "
+         "messages; the rates\nthat the times make follow the ratio, GB = 10^9 bytes), or for "
+         "pools (pool/*: wall time\nfrom the first submit to the last result) one map item, "
+         "one task, or one batch of\n64 waiting tasks (pool/wait-*).\n"
          "ratio = peer / tandem: how many times faster tandem is (below 1.00x, tandem is "
-         "slower).\n\n");
+         "slower);\n\"goal >= Rx\" says whether this run's ratio meets a goal of the project.\n\n");
 
   int wk = (int)strlen("workload"), wi = (int)strlen("peer");
   for (size_t i = 0; i < ctx->n_results; i++) {
@@ -726,19 +746,23 @@ static void print_table(const bench_ctx *ctx, const size_t *order) {
     bool printed = false;
     for (; k < ctx->n_results && strcmp(ctx->results[order[k]].workload, key) == 0; k++) {
       const result *p = &ctx->results[order[k]];
-      char pns[32], ratio[NOTE_MAX + 16] = "-";
+      char pns[32], goal[48], ratio[NOTE_MAX + 64] = "-";
       format_ns(pns, sizeof pns, p);
+      format_goal(goal, sizeof goal, p, t);
+      /* Against a goal, one more digit, so that a miss by less than 0.01 does not read as met. */
+      const char *fmt = p->goal > 0 ? "%.3fx%s" : "%.2fx%s";
       if (p->status == ST_OK && t && t->status == ST_OK && t->ns > 0 && p->ns > 0 && info) {
-        char tr[32], pr[32];
+        char tr[32], pr[32], r[96];
         format_rate(tr, sizeof tr, info, t->ns);
         format_rate(pr, sizeof pr, info, p->ns);
-        snprintf(ratio, sizeof ratio, "%.2fx  (tandem %s, peer %s)", p->ns / t->ns, tr, pr);
+        snprintf(r, sizeof r, fmt, p->ns / t->ns, goal);
+        snprintf(ratio, sizeof ratio, "%s  (tandem %s, peer %s)", r, tr, pr);
       } else if (p->status == ST_OK && t && t->status == ST_OK && t->ns > 0)
-        snprintf(ratio, sizeof ratio, "%.2fx", p->ns / t->ns);
+        snprintf(ratio, sizeof ratio, fmt, p->ns / t->ns, goal);
       else if (p->status != ST_OK)
-        snprintf(ratio, sizeof ratio, "(%s)", p->note);
+        snprintf(ratio, sizeof ratio, "(%s)%s", p->note, goal);
       else if (t && t->status != ST_OK)
-        snprintf(ratio, sizeof ratio, "(tandem %s)", t->note);
+        snprintf(ratio, sizeof ratio, "(tandem %s)%s", t->note, goal);
       printf("%-*s  %10s  %-*s  %10s  %s\n", wk, printed ? "" : key, printed ? "" : tns, wi,
              p->impl, pns, ratio);
       printed = true;

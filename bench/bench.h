@@ -1,7 +1,7 @@
 /*
  * bench.h: the benchmark harness shared by every suite of tandem-bench.
  *
- * A suite (sync_bench.c, process_bench.c, queue_bench.c; pools later) describes each workload as a
+ * A suite (sync_bench.c, process_bench.c, queue_bench.c, pool_bench.c) describes each workload as a
  * key, iteration counts and a list of implementations: tandem's first, then its peers. Each
  * implementation is a function that performs one timed run of a given number of operations and
  * reports nanoseconds per operation. The harness selects workloads (--filter), warms every
@@ -43,10 +43,16 @@ typedef struct bench_impl {
 
 /*
  * What the table shows beside the times of a throughput workload, computed from each time:
- * nothing, operations (messages) per second, or bytes per second (one operation moves
- * bytes_per_op bytes).
+ * nothing, operations per second (messages, tasks or map items), or bytes per second (one
+ * operation moves bytes_per_op bytes).
  */
-typedef enum bench_rate { BENCH_RATE_NONE, BENCH_RATE_MSGS, BENCH_RATE_BYTES } bench_rate;
+typedef enum bench_rate {
+  BENCH_RATE_NONE,
+  BENCH_RATE_MSGS,
+  BENCH_RATE_BYTES,
+  BENCH_RATE_TASKS,
+  BENCH_RATE_ITEMS
+} bench_rate;
 
 typedef struct bench_workload {
   char key[BENCH_KEY_MAX]; /* "lock/contended/2-procs": what --filter matches */
@@ -58,6 +64,9 @@ typedef struct bench_workload {
   int64_t bytes_per_op; /* BENCH_RATE_BYTES */
   int n_impls;
   bench_impl impls[BENCH_MAX_IMPLS]; /* impls[0] is tandem's */
+  /* A peer's goal: the least ratio (its time / tandem's) that meets it, which the table checks
+   * against the run; 0: none. (A CPython peer's goal comes from its script.) */
+  double goal[BENCH_MAX_IMPLS];
 } bench_workload;
 
 /* ---- The run -------------------------------------------------------------------------------- */
@@ -168,5 +177,8 @@ void bench_process_suite(bench_ctx *ctx);
 
 /* Queue throughput (64 bytes, 1 MiB) and ping-pong between processes (queue_bench.c). */
 void bench_queue_suite(bench_ctx *ctx);
+
+/* Pools: map, CPU-bound tasks, waiting tasks, submit-and-wait, per backend (pool_bench.c). */
+void bench_pool_suite(bench_ctx *ctx);
 
 #endif /* TDM_BENCH_H */

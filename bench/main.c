@@ -16,10 +16,11 @@ static void usage(FILE *f) {
   fprintf(f, "usage: tandem-bench [--quick] [--json] [--filter SUBSTRING] [--runs N] [--list]\n"
              "                    [--no-peers] [--verbose] [--help]\n"
              "\n"
-             "Measures tandem's synchronisation primitives, process starts and queues\n"
-             "against their peers in the same run (pthreads, POSIX semaphores, raw\n"
-             "fork/vfork/posix_spawn, pipes, sockets, POSIX mq, memcpy and CPython's\n"
-             "threading/multiprocessing), and prints ratios\n"
+             "Measures tandem's synchronisation primitives, process starts, queues and\n"
+             "pools against their peers in the same run (pthreads, POSIX semaphores, raw\n"
+             "fork/vfork/posix_spawn, pipes, sockets, POSIX mq, memcpy, GLib's thread\n"
+             "pool, OpenMP and CPython's threading/multiprocessing/concurrent.futures),\n"
+             "and prints ratios\n"
              "(peer time / tandem time: how many times faster tandem is).\n"
              "\n"
              "  --quick             3 runs with fewer iterations (default: 5 runs)\n"
@@ -103,5 +104,6 @@ int main(int argc, char **argv) {
   bench_sync_suite(ctx);
   bench_process_suite(ctx);
   bench_queue_suite(ctx);
+  bench_pool_suite(ctx);
   return bench_finish(ctx);
 }

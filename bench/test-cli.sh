@@ -30,7 +30,10 @@ for key in lock/uncontended/thread lock/uncontended/shared rlock/reentrant/threa
   lock/contended/2-threads lock/contended/2-procs cond/ping-pong/procs sem/hand-off/threads \
   event/ping-pong/procs process/start/fork process/start/spawn process/start/forkserver \
   process/start-1gib-parent/fork queue/64b/1p1c queue/64b/2p2c queue/1mib/1p1c \
-  queue/ping-pong/procs queue/ping-pong/procs-unpinned; do
+  queue/ping-pong/procs queue/ping-pong/procs-unpinned pool/map-1m/threads pool/map-1m/processes \
+  pool/map-1m/auto pool/cpu-8x10m/threads pool/cpu-8x10m/processes pool/cpu-8x10m/auto \
+  pool/wait-64x50ms/threads pool/wait-64x50ms/processes pool/wait-64x50ms/auto \
+  pool/submit-200k/threads pool/submit-200k/processes pool/submit-200k/auto; do
   printf '%s\n' "$list" | grep -qx "$key" || fail "--list lacks $key"
 done
 [ -z "$("$bench" --list --filter /procs | grep -v /procs)" ] || fail "--list ignores --filter"
@@ -53,4 +56,6 @@ measure uncontended/thread 2 4
 measure process/start/ 3 8
 # tdm_queue, a pipe, a socketpair and memcpy always; the pipe with a 1 MiB buffer where allowed.
 measure queue/1mib/ 1 4 more
+# The thread pool's map and the sequential loop always; OpenMP and GLib where they are built.
+measure pool/map-1m/threads 1 2 more
 echo "ok: tandem-bench options, --list and one quick measurement per suite"
