@@ -267,15 +267,13 @@ static void expect_failed(tdm_future *f, int code, int status, unsigned attempts
 }
 
 /*
- * A task cancelled before it started: by tdm_future_cancel() (CANCELLED), by
- * shutdown(cancel_pending) or terminate. future.h gives those two -ECANCELED as a FAILED code,
- * and pool.h says they are "cancelled": either state is taken, never a start.
+ * A task cancelled before it started: by tdm_future_cancel(), by shutdown(cancel_pending) or
+ * by terminate. All three end it CANCELLED (future.h), never started.
  */
 static void expect_cancelled_unstarted(tdm_future *f) {
   CHECK_ERR(tdm_future_wait(f, LONG), 0);
   CHECK_ERR(tdm_future_result(f, 0, NULL, NULL), -ECANCELED);
-  tdm_future_state s = tdm_future_state_get(f);
-  CHECK(s == TDM_FUTURE_CANCELLED || s == TDM_FUTURE_FAILED);
+  CHECK_EQ(tdm_future_state_get(f), TDM_FUTURE_CANCELLED);
   tdm_task_error e;
   CHECK_ERR(tdm_future_error(f, &e), -ECANCELED);
   CHECK_EQ(e.attempts, 0);
@@ -857,9 +855,20 @@ TEST(open_rejects_bad_options) {
     CHECK_ERR(tdm_pool_open(&p, &o), -EINVAL);
     o.task_timeout = TDM_FOREVER - 1;
     CHECK_ERR(tdm_pool_open(&p, &o), -EINVAL);
-    o = options(all[i], 4097);
+    o = options(all[i], 4095); /* the most is 4094 */
     CHECK_ERR(tdm_pool_open(&p, &o), -EINVAL);
     o = options(all[i], UINT32_MAX);
+    CHECK_ERR(tdm_pool_open(&p, &o), -EINVAL);
+    o = options(all[i], 1);
+    o.init_size = 4; /* with init_arg NULL */
+    CHECK_ERR(tdm_pool_open(&p, &o), -EINVAL);
+    o = options(all[i], 1);
+    o.name = "";
+    CHECK_ERR(tdm_pool_open(&p, &o), -EINVAL);
+    char long_name[202];
+    memset(long_name, 'n', sizeof long_name - 1);
+    long_name[sizeof long_name - 1] = '\0';
+    o.name = long_name;
     CHECK_ERR(tdm_pool_open(&p, &o), -EINVAL);
   }
   CHECK(p == untouched);
@@ -1941,8 +1950,8 @@ TEST_ALL(terminate_stops_everything, 60) {
   for (int i = 0; i < 2; i++) {
     CHECK(tdm_future_done(g[i]));
     if (procs(c)) {
-      /* Killed: the running tasks fail with -ECANCELED, and the workers are reaped. */
-      expect_failed(g[i], -ECANCELED, 0, 1);
+      /* Killed: the running tasks end CANCELLED, and the workers are reaped. */
+      expect_cancelled(g[i], 1);
       CHECK(tdm_test_process_gone(pids[i]));
     } else {
       /* Asked to stop, and returned: CANCELLED. */
@@ -1971,6 +1980,7 @@ TEST_ALL(interrupt_terminates_without_waiting, 60) {
   tdm_future *q = submit(p, t_square, job(1, 1));
   CHECK_OK(tdm_pool_interrupt(p));
   CHECK_OK(tdm_future_wait(g, LONG));
+  CHECK_EQ(tdm_future_state_get(g), TDM_FUTURE_CANCELLED);
   CHECK_ERR(tdm_future_result(g, 0, NULL, NULL), -ECANCELED);
   expect_cancelled_unstarted(q);
   tdm_future *f = NULL;
@@ -2530,6 +2540,34 @@ TEST_PROCS(an_initializer_failing_later_breaks_the_pool, 60) {
   tdm_future_free(c1);
 }
 
+/* On threads a replacement comes with recycling: its failing initializer breaks the pool too. */
+TEST_THREADS(an_initializer_failing_in_a_recycled_thread_breaks_the_pool, 60) {
+  board_new(0);
+  struct job ia = job(0, 1); /* the first succeeds, every later one returns 7 */
+  tdm_pool_options o = options(c, 1);
+  o.initializer = i_record;
+  o.init_arg = &ia;
+  o.init_size = sizeof ia;
+  o.max_tasks_per_worker = 1;
+  tdm_pool *p = open_pool(&o);
+  tdm_future *g = submit(p, t_gated, job(0, 0));
+  wait_running(g, 0);
+  /* Queued behind the gated task: the worker ends after it, and its replacement fails. */
+  struct job j = job(-1, 1);
+  tdm_future *q = submit(p, t_square, j);
+  atomic_store(&B->gate[0], 1);
+  CHECK_EQ(result_i32(g), 0);
+  CHECK_OK(tdm_future_wait(q, LONG));
+  expect_failed(q, TDM_EINIT, 7, 0);
+  tdm_future *f = NULL;
+  CHECK_ERR(tdm_pool_submit(p, t_square, &j, sizeof j, NULL, &f), TDM_EINIT);
+  CHECK(f == NULL);
+  CHECK_EQ(atomic_load(&B->inits), 2);
+  CHECK_OK(tdm_pool_close(p));
+  tdm_future_free(g);
+  tdm_future_free(q);
+}
+
 /* ---- Stress: tasks while workers are killed at random ------------------------------------------
  */
 
@@ -2731,10 +2769,11 @@ HELPER(pool_sigint_handler) {
   CHECK(sigaction(SIGINT, &sa, NULL) == 0);
   printf("handler\n");
   fflush(stdout);
-  /* The two running tasks fail with -ECANCELED (their workers were killed); the three queued
-   * ones were cancelled. */
+  /* The two running tasks end CANCELLED (their workers were killed); the three queued ones
+   * were cancelled. */
   for (int i = 0; i < 5; i++) {
     CHECK_OK(tdm_future_wait(fs[i], TDM_FOREVER));
+    CHECK_EQ(tdm_future_state_get(fs[i]), TDM_FUTURE_CANCELLED);
     CHECK_ERR(tdm_future_result(fs[i], 0, NULL, NULL), -ECANCELED);
     tdm_task_error e;
     CHECK_ERR(tdm_future_error(fs[i], &e), -ECANCELED);

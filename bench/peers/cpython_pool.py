@@ -78,31 +78,51 @@ def cpus():
     return len(os.sched_getaffinity(0))
 
 
-# ---- Pools, made once per kind and kept -------------------------------------------------------
+# ---- Pools: made, run, ended the same way whatever the kind ------------------------------------
+
+
+def is_pool(kind):
+    """multiprocessing's pools (apply_async, terminate) rather than an executor."""
+    return kind in ("Pool", "ThreadPool")
+
+
+def make(kind, workers=None):
+    if kind == "Pool":
+        return MP.Pool(workers)
+    if kind == "ThreadPool":
+        return ThreadPool(workers)
+    if kind == "ProcessPoolExecutor":
+        return cf.ProcessPoolExecutor(workers, mp_context=MP)
+    return cf.ThreadPoolExecutor(workers)
+
+
+def end(kind, p):
+    if is_pool(kind):
+        p.terminate()
+        p.join()
+    else:
+        p.shutdown(wait=True)
+
+
+def run_all(kind, p, fn, args, n):
+    """Submits fn(*args) n times, then waits for each result, in order; returns them."""
+    if is_pool(kind):
+        return [r.get() for r in [p.apply_async(fn, args) for _ in range(n)]]
+    return [f.result() for f in [p.submit(fn, *args) for _ in range(n)]]
+
 
 _kept = {}
 
 
 def kept(kind):
     if kind not in _kept:
-        if kind == "Pool":
-            _kept[kind] = MP.Pool()
-        elif kind == "ThreadPool":
-            _kept[kind] = ThreadPool()
-        elif kind == "ProcessPoolExecutor":
-            _kept[kind] = cf.ProcessPoolExecutor(mp_context=MP)
-        else:
-            _kept[kind] = cf.ThreadPoolExecutor()
+        _kept[kind] = make(kind)
     return _kept[kind]
 
 
 def release():
     for kind, p in _kept.items():
-        if kind in ("Pool", "ThreadPool"):
-            p.terminate()
-            p.join()
-        else:
-            p.shutdown(wait=True)
+        end(kind, p)
     _kept.clear()
 
 
@@ -114,7 +134,7 @@ def map_run(kind):
         p = kept(kind)
         data = list(range(n))
         t0 = now()
-        if kind in ("Pool", "ThreadPool"):
+        if is_pool(kind):
             out = p.map(item, data)
         else:
             out = list(p.map(item, data))
@@ -130,10 +150,7 @@ def cpu_run(kind):
     def run(n):
         p = kept(kind)
         t0 = now()
-        if kind in ("Pool", "ThreadPool"):
-            sums = [r.get() for r in [p.apply_async(sum_to, (CPU_SUM,)) for _ in range(n)]]
-        else:
-            sums = [f.result() for f in [p.submit(sum_to, CPU_SUM) for _ in range(n)]]
+        sums = run_all(kind, p, sum_to, (CPU_SUM,), n)
         t = now() - t0
         if sums != [CPU_SUM * (CPU_SUM - 1) // 2] * n:
             raise RuntimeError("wrong sums")
@@ -144,28 +161,14 @@ def cpu_run(kind):
 
 def wait_run(kind, workers):
     def run(batches):
-        if kind == "Pool":
-            p = MP.Pool(workers)
-        elif kind == "ThreadPool":
-            p = ThreadPool(workers)
-        else:
-            p = cf.ThreadPoolExecutor(workers)
+        p = make(kind, workers)
         try:
             t0 = now()
             for _ in range(batches):
-                if kind in ("Pool", "ThreadPool"):
-                    for r in [p.apply_async(nap) for _ in range(64)]:
-                        r.get()
-                else:
-                    for f in [p.submit(nap) for _ in range(64)]:
-                        f.result()
+                run_all(kind, p, nap, (), 64)
             t = now() - t0
         finally:
-            if kind in ("Pool", "ThreadPool"):
-                p.terminate()
-                p.join()
-            else:
-                p.shutdown(wait=True)
+            end(kind, p)
         return t, batches
 
     return run
@@ -175,12 +178,7 @@ def submit_run(kind):
     def run(n):
         p = kept(kind)
         t0 = now()
-        if kind in ("Pool", "ThreadPool"):
-            for r in [p.apply_async(empty) for _ in range(n)]:
-                r.get()
-        else:
-            for f in [p.submit(empty) for _ in range(n)]:
-                f.result()
+        run_all(kind, p, empty, (), n)
         return now() - t0, n
 
     return run
@@ -199,18 +197,18 @@ MP_NAME = {
 
 
 def map_peer(kind, iters, goal=None):
-    how = ".map, default chunks" if kind in ("Pool", "ThreadPool") else ".map, chunksize 1"
+    how = ".map, default chunks" if is_pool(kind) else ".map, chunksize 1"
     return ("map/" + kind, MP_NAME[kind] + how + " ({n:,} items)", map_run(kind), iters, goal)
 
 
 def cpu_peer(kind):
-    how = ".apply_async x8" if kind in ("Pool", "ThreadPool") else ".submit x8"
+    how = ".apply_async x8" if is_pool(kind) else ".submit x8"
     name = MP_NAME[kind] + how + " (tasks sum to %s, time x %d)" % (f"{CPU_SUM:,}", CPU_SCALE)
     return ("cpu/" + kind, name, cpu_run(kind), (8, 8), None)
 
 
 def submit_peer(kind, iters, goal=None):
-    how = ".apply_async" if kind in ("Pool", "ThreadPool") else ".submit"
+    how = ".apply_async" if is_pool(kind) else ".submit"
     name = MP_NAME[kind] + how + " + wait ({n:,} tasks)"
     return ("submit/" + kind, name, submit_run(kind), iters, goal)
 
@@ -236,12 +234,12 @@ def peers_of(key):
     if group == "pool/wait-64x50ms":
         if backend == "threads":
             return [
-                ("wait/TPE64", "CPython ThreadPoolExecutor(64)", wait_run("TPE", 64), (1, 1), None),
+                ("wait/TPE64", "CPython ThreadPoolExecutor(64)", wait_run("ThreadPoolExecutor", 64), (1, 1), None),
                 ("wait/TP64", "CPython ThreadPool(64)", wait_run("ThreadPool", 64), (1, 1), None),
             ]
         if backend == "auto":
             name = "CPython ThreadPoolExecutor() (default workers: %d)" % min(32, cpus() + 4)
-            return [("wait/TPE", name, wait_run("TPE", None), (1, 1), None)]
+            return [("wait/TPE", name, wait_run("ThreadPoolExecutor", None), (1, 1), None)]
         name = "CPython multiprocessing.Pool() (default workers: %d)" % cpus()
         return [("wait/Pool", name, wait_run("Pool", None), (1, 0), None)]
     if group == "pool/submit-200k":

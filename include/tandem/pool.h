@@ -128,7 +128,8 @@ typedef struct tdm_pool_options {
 /*
  * Opens a pool and starts its workers (TDM_POOL_AUTO starts one per CPU and grows), waiting
  * until each has run its initializer. Returns 0; -EINVAL for an unknown backend or start
- * method, a negative task_timeout other than TDM_FOREVER, or workers over 4094;
+ * method, a negative task_timeout other than TDM_FOREVER, workers over 4094, init_arg NULL
+ * with init_size > 0, or a name that is empty or over 200 bytes;
  * TDM_EINIT when an initializer failed (nothing is left running); -ENOMEM; -EAGAIN when a
  * thread or process cannot be started; TDM_EDAEMON when called in a daemon process with the
  * process backend; TDM_ECHILDINIT when a worker died before it was ready; the other errors of

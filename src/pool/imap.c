@@ -83,8 +83,9 @@ struct tdm_imap {
   tdm_map_fn fn;
   size_t in_size, out_size, chunk, window;
   bool unordered;
-  /* the source */
-  const unsigned char *in; /* array, or NULL */
+  /* the source: an array, or a source function */
+  bool array;
+  const unsigned char *in;
   size_t n;
   tdm_source_fn source;
   void *ctx;
@@ -124,7 +125,7 @@ static int open_common(tdm_imap **out, tdm_pool *p, tdm_map_fn fn, size_t in_siz
   it->unordered = opt->unordered;
   it->chunk = opt->chunk;
   if (it->chunk == 0) {
-    size_t c = it->in != NULL ? it->n / ((size_t)workers * 16) : 1;
+    size_t c = it->array ? it->n / ((size_t)workers * 16) : 1;
     it->chunk = c < 1 ? 1 : c > 4096 ? 4096 : c;
   }
   it->window = opt->window;
@@ -173,16 +174,16 @@ static int open_common(tdm_imap **out, tdm_pool *p, tdm_map_fn fn, size_t in_siz
 int tdm_pool_imap(tdm_imap **out, tdm_pool *p, tdm_map_fn fn, const void *in, size_t in_size,
                   size_t out_size, size_t n, const tdm_map_options *opt) {
   if (out == NULL || p == NULL) return -EINVAL;
-  int r = tdm__map_check(fn, in, in_size, (const void *)1, out_size, n, opt);
+  int r = tdm__map_check(fn, in, in_size, n, opt);
   if (r != 0) return r;
-  tdm_imap it = { .in = in != NULL ? in : (const void *)"", .n = n };
+  tdm_imap it = { .array = true, .in = in, .n = n };
   return open_common(out, p, fn, in_size, out_size, opt, &it);
 }
 
 int tdm_pool_imap_source(tdm_imap **out, tdm_pool *p, tdm_map_fn fn, tdm_source_fn source,
                          void *ctx, size_t in_size, size_t out_size, const tdm_map_options *opt) {
   if (out == NULL || p == NULL || source == NULL) return -EINVAL;
-  int r = tdm__map_check(fn, NULL, 0, NULL, 0, 0, opt);
+  int r = tdm__map_check(fn, NULL, 0, 0, opt);
   if (r != 0) return r;
   tdm_imap it = { .source = source, .ctx = ctx };
   return open_common(out, p, fn, in_size, out_size, opt, &it);
@@ -194,7 +195,7 @@ static int submit_chunk(tdm_imap *it) {
   unsigned char *items = it->pack + it->pack_head;
   size_t k = 0;
   for (; k < it->chunk; k++) {
-    if (it->in != NULL) {
+    if (it->array) {
       if (it->read + k >= it->n) {
         it->source_done = true;
         break;

@@ -35,9 +35,15 @@ int64_t tdm__thread_cpu_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-void tdm__pool_break(tdm_pool *p, int code) {
-  int none = 0;
-  atomic_compare_exchange_strong(&p->broken, &none, code);
+void tdm__pool_break(tdm_pool *p, int code, int status) {
+  /* The first break wins, code and status together; `broken` follows, so whoever sees it
+   * also sees the status. */
+  uint64_t none = 0, why = (uint64_t)(uint32_t)code | (uint64_t)(uint32_t)status << 32;
+  if (atomic_compare_exchange_strong(&p->broken_why, &none, why)) atomic_store(&p->broken, code);
+}
+
+int tdm__pool_broken_status(tdm_pool *p) {
+  return (int)(uint32_t)(atomic_load(&p->broken_why) >> 32);
 }
 
 const char *tdm_pool_backend_name(tdm_pool_backend b) {
@@ -178,14 +184,16 @@ int tdm_pool_submit(tdm_pool *p, tdm_task_fn fn, const void *arg, size_t size,
   return tdm__pool_submit_internal(p, fn, arg, size, timeout, false, out);
 }
 
-/* Checks a map's arrays; 0 or -EINVAL. */
-int tdm__map_check(tdm_map_fn fn, const void *in, size_t in_size, const void *out, size_t out_size,
-                   size_t n, const tdm_map_options *opt) {
+/* n items of `size` bytes at `a`: false when a is NULL with bytes to hold, or n x size
+ * overflows. */
+static bool valid_array(const void *a, size_t size, size_t n) {
   size_t total;
-  if (fn == NULL || (in == NULL && in_size > 0 && n > 0) || (out == NULL && out_size > 0 && n > 0))
-    return -EINVAL;
-  if (__builtin_mul_overflow(n, in_size, &total) || __builtin_mul_overflow(n, out_size, &total))
-    return -EINVAL;
+  return !(a == NULL && size > 0 && n > 0) && !__builtin_mul_overflow(n, size, &total);
+}
+
+int tdm__map_check(tdm_map_fn fn, const void *in, size_t in_size, size_t n,
+                   const tdm_map_options *opt) {
+  if (fn == NULL || !valid_array(in, in_size, n)) return -EINVAL;
   if (opt != NULL && opt->arg == NULL && opt->arg_size > 0) return -EINVAL;
   return 0;
 }
@@ -195,8 +203,9 @@ int tdm_pool_map(tdm_pool *p, tdm_map_fn fn, const void *in, size_t in_size, voi
   static const tdm_map_options defaults;
   if (opt == NULL) opt = &defaults;
   if (p == NULL) return -EINVAL;
-  int r = tdm__map_check(fn, in, in_size, out, out_size, n, opt);
+  int r = tdm__map_check(fn, in, in_size, n, opt);
   if (r != 0) return r;
+  if (!valid_array(out, out_size, n)) return -EINVAL;
   if (p->opt.backend == TDM_POOL_PROCESSES && opt->arg_size > p->opt.max_result) return -EMSGSIZE;
   if ((r = enter(p)) != 0) return r;
   struct tdm__map m = { .fn = fn,

@@ -201,9 +201,10 @@ struct tdm_pool {
                            TDM_FOREVER for none, max_result set */
   void *init_copy;      /* the copy behind opt.init_arg */
   char *name_copy;
-  _Atomic bool closed;  /* shutdown or terminate: submits fail with -EPIPE */
-  _Atomic int entering; /* callers handing work to the backend now (pool.c) */
-  _Atomic int broken;   /* 0, or TDM_EBROKEN / TDM_EINIT: every task fails with it */
+  _Atomic bool closed;         /* shutdown or terminate: submits fail with -EPIPE */
+  _Atomic int entering;        /* callers handing work to the backend now (pool.c) */
+  _Atomic int broken;          /* 0, or TDM_EBROKEN / TDM_EINIT: every task fails with it */
+  _Atomic uint64_t broken_why; /* code | status << 32 of the break that won (pool.c) */
   _Atomic uint64_t next_id;
   int64_t opened_ns;
   struct tdm__pool_counters c;
@@ -215,12 +216,15 @@ struct tdm_pool {
 int tdm__pool_submit_internal(tdm_pool *p, tdm_task_fn fn, const void *arg, size_t size,
                               int64_t timeout, bool internal, tdm_future **out);
 
-/* The argument checks of tdm_pool_map() and tdm_pool_imap(): 0 or -EINVAL. */
-int tdm__map_check(tdm_map_fn fn, const void *in, size_t in_size, const void *out, size_t out_size,
-                   size_t n, const tdm_map_options *opt);
+/* What tdm_pool_map() and tdm_pool_imap() check alike: fn, the input array, the argument.
+ * 0 or -EINVAL. */
+int tdm__map_check(tdm_map_fn fn, const void *in, size_t in_size, size_t n,
+                   const tdm_map_options *opt);
 
-/* Marks the pool broken with `code` (first one wins). */
-void tdm__pool_break(tdm_pool *p, int code);
+/* Marks the pool broken with `code` and the status its tasks then fail with (TDM_EINIT: the
+ * initializer's return value; first one wins). tdm__pool_broken_status() gives that status. */
+void tdm__pool_break(tdm_pool *p, int code, int status);
+int tdm__pool_broken_status(tdm_pool *p);
 
 /* The time (ns) CLOCK_THREAD_CPUTIME_ID of the calling thread. */
 int64_t tdm__thread_cpu_ns(void);

@@ -95,7 +95,7 @@
  *
  * Ending. shutdown lets the work left finish, then sends STOP to each idle worker; terminate
  * (and tdm_pool_interrupt(), from a signal handler: a flag and an eventfd write) kills every
- * worker, reaps them, fails the running tasks with -ECANCELED and cancels the rest. When the
+ * worker, reaps them, and ends every unfinished task CANCELLED. When the
  * supervisor returns, no worker process is left, and close frees every segment and descriptor.
  */
 #include <errno.h>
@@ -277,7 +277,6 @@ struct procs {
   int start_err;
   unsigned start_fails;
   bool start_failed_now;  /* a start failed since fail_unstartable() last looked */
-  int break_status;       /* TDM_EINIT: the initializer's return value */
   unsigned char *msg;     /* one result */
   unsigned char *cmd_buf; /* one command */
   struct pollfd *pfd;
@@ -1176,8 +1175,8 @@ static bool reap_dead(struct procs *ps) {
 /* ---- Breaking and terminating ---------------------------------------------------------------- */
 
 /*
- * Kills every worker and fails everything unfinished with `code` (terminate: -ECANCELED, the
- * tasks that had not started are CANCELLED; break: TDM_EBROKEN). Called by the supervisor
+ * Kills every worker and ends everything unfinished with `code` (terminate: -ECANCELED, every
+ * task CANCELLED; break: TDM_EBROKEN, every task FAILED). Called by the supervisor
  * without mu.
  */
 static void kill_all(struct procs *ps, int code) {
@@ -1209,10 +1208,11 @@ static void kill_all(struct procs *ps, int code) {
       } else if (is_final(f)) {
         tdm__future_unref(f);
       } else if (running || fl->started) {
-        /* It ran, or was RUNNING for all to see: it fails with the code, its attempt counted
-         * (seen or not). */
+        /* It ran, or was RUNNING for all to see: its attempt counts (seen or not), and it ends
+         * as terminate ends every task (CANCELLED), or fails with the break. */
         if (!fl->started) (void)tdm__future_start(f);
-        end_later(ps, f, TDM_FUTURE_FAILED, code, 0, NULL, 0);
+        end_later(ps, f, code == -ECANCELED ? TDM_FUTURE_CANCELLED : TDM_FUTURE_FAILED, code, 0,
+                  NULL, 0);
       } else {
         /* Never started: cancelled by terminate (no attempt), or failed with the break. */
         end_later(ps, f, code == -ECANCELED ? TDM_FUTURE_CANCELLED : TDM_FUTURE_FAILED, code, 0,
@@ -1237,8 +1237,7 @@ static void kill_all(struct procs *ps, int code) {
 
 /* Records the pool broken; the supervisor acts on it (see settle_waiting()). Under mu. */
 static void break_pool(struct procs *ps, int code, int status) {
-  if (atomic_load(&ps->p->broken) == 0 && code == TDM_EINIT) ps->break_status = status;
-  tdm__pool_break(ps->p, code);
+  tdm__pool_break(ps->p, code, code == TDM_EINIT ? status : 0);
 }
 
 /* ---- Dispatch -------------------------------------------------------------------------------- */
@@ -1656,7 +1655,7 @@ static void settle_waiting(struct procs *ps) {
   }
   pthread_mutex_unlock(&ps->mu);
   if (code != 0)
-    end_list(pending, TDM_FUTURE_FAILED, code, code == TDM_EINIT ? ps->break_status : 0);
+    end_list(pending, TDM_FUTURE_FAILED, code, tdm__pool_broken_status(ps->p));
   else
     end_list(pending, TDM_FUTURE_CANCELLED, -ECANCELED, 0);
 }

@@ -165,7 +165,7 @@ struct tpool {
   struct worker *w;   /* opt.workers slots */
   unsigned cap, live, next_index;
   unsigned init_done;
-  int init_error, init_status;
+  int init_error;
   _Atomic bool stopping;       /* shutdown: exit once the queue is empty */
   _Atomic bool cancel_pending; /* shutdown with cancel, or terminate: pending tasks cancel */
   _Atomic bool terminating;
@@ -185,7 +185,7 @@ struct tpool {
   int64_t last_tick;
   int64_t last_work; /* auto: when the supervisor last saw work waiting or running */
   bool sampled;      /* auto: util_ppm holds a measure, not the initial guess */
-  bool opened;       /* open has returned: a failing initializer now breaks the pool */
+  bool opened;       /* open has returned: a failing initializer now breaks the pool; mu */
   tdm_pool *pool;
 };
 
@@ -457,7 +457,8 @@ static void run_task(struct tpool *t, struct worker *w, struct tdm_future *f) {
   if (broken != 0 || atomic_load(&t->cancel_pending)) {
     /* A broken pool fails what waits with its reason; shutdown or terminate cancels it. */
     if (broken != 0)
-      (void)tdm__future_finish(f, TDM_FUTURE_FAILED, broken, 0, NULL, 0);
+      (void)tdm__future_finish(f, TDM_FUTURE_FAILED, broken, tdm__pool_broken_status(t->pool), NULL,
+                               0);
     else
       (void)tdm__future_cancel_pending(f);
     tdm__future_unref(f);
@@ -520,6 +521,7 @@ static bool run_inline(tdm_pool *p, struct tdm_future *f) {
 /* ---- Workers --------------------------------------------------------------------------------- */
 
 static int start_worker(struct tpool *t); /* under t->mu */
+static void drain_cancel(struct tpool *t);
 
 /* A worker that found work wakes another if more waits and nobody spins: wake-ups spread one
  * by one, each woken worker passing the token on, rather than one per push. The task it leaves
@@ -597,13 +599,18 @@ static bool initialize(struct tpool *t) {
   tdm_pool *p = t->pool;
   int r = p->opt.initializer != NULL ? p->opt.initializer(p->opt.init_arg, p->opt.init_size) : 0;
   pthread_mutex_lock(&t->mu);
-  if (r != 0 && t->init_error == 0) {
-    t->init_error = TDM_EINIT;
-    t->init_status = r;
-  }
+  if (r != 0 && t->init_error == 0) t->init_error = TDM_EINIT;
+  bool breaks = r != 0 && t->opened;
   t->init_done++;
   pthread_cond_broadcast(&t->cv);
   pthread_mutex_unlock(&t->mu);
+  if (breaks) {
+    /* Past open, a failing initializer breaks the pool: what waits and what comes later fails
+     * with TDM_EINIT and the initializer's value. Fail what waits now: this worker may have
+     * been the one meant to run it. */
+    tdm__pool_break(p, TDM_EINIT, r);
+    drain_cancel(t);
+  }
   return r == 0;
 }
 
@@ -623,10 +630,6 @@ static void *worker_main(void *arg) {
   tdm__set_os_thread_name(name);
   atomic_store(&w->tid, tdm__tid());
   if (!initialize(t)) {
-    if (t->opened) {
-      tdm__pool_break(p, TDM_EINIT);
-      atomic_store(&t->cancel_pending, true);
-    }
     pthread_mutex_lock(&t->mu);
     wake_all(t);
     leave_slot(t, w);
@@ -959,13 +962,18 @@ static int open_(tdm_pool *p) {
     p->be_state = NULL;
     return r;
   }
+  pthread_mutex_lock(&t->mu); /* workers read it under mu */
   t->opened = true;
+  pthread_mutex_unlock(&t->mu);
   return 0;
 }
 
 static int submit(tdm_pool *p, struct tdm_future *f) {
   struct tpool *t = tp_of(p);
   push(t, f);
+  /* A break that came after this submit was let in may have drained the queue already, and
+   * left no worker to find this task: fail it (and anything else) here. */
+  if (atomic_load(&p->broken) != 0) drain_cancel(t);
   /* auto: the supervisor must be sampling while tasks come; it sleeps only after a quiet spell. */
   if (t->is_auto && atomic_load(&t->sup_next) == TDM__NEVER) {
     atomic_store(&t->sup_next, 0);
@@ -988,7 +996,8 @@ static void drain_cancel(struct tpool *t) {
     } else {
       int broken = atomic_load(&t->pool->broken);
       if (broken != 0)
-        (void)tdm__future_finish(item, TDM_FUTURE_FAILED, broken, 0, NULL, 0);
+        (void)tdm__future_finish(item, TDM_FUTURE_FAILED, broken, tdm__pool_broken_status(t->pool),
+                                 NULL, 0);
       else
         (void)tdm__future_cancel_pending(item);
       tdm__future_unref(item);
