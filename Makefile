@@ -2,16 +2,18 @@
 # CMake does the building; this file installs what is missing, configures and drives it.
 #
 #   make            build the library, tests, examples and benchmarks (build/)
-#   make demo       build, then run the demonstration
+#   make demo       build, then run `tandem demo` (threads or processes? measured here)
 #   make test       build, then run every test through CTest
-#   make bench      build, then run the benchmarks against peers
+#   make bench      build, then run `tandem bench` (tandem against its peers)
 #   make test-asan  the whole test suite under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make test-tsan  the whole test suite under ThreadSanitizer
-#   make install    install into PREFIX (default /usr/local; DESTDIR is honoured)
+#   make install    install the library, headers, the tandem command and its man page into
+#                   PREFIX (default /usr/local; DESTDIR is honoured)
 #   make fuzz       build the libFuzzer targets with clang (build-fuzz/), run each FUZZ_TIME s
 #   make format     apply .clang-format;  make format-check: fail if it would change anything
 #
-# Variables: BUILD (build directory), SANITIZE, WERROR=1, PREFIX, JOBS, FUZZ_TIME (20).
+# Variables: BUILD (build directory), SANITIZE, WERROR=1, PREFIX, JOBS, FUZZ_TIME (20),
+# DEMO_ARGS and BENCH_ARGS (options for `tandem demo` and `tandem bench`: make demo DEMO_ARGS=--json).
 
 MAKEFLAGS += --no-print-directory
 
@@ -44,16 +46,17 @@ build: configure
 demo: DEPS_GOAL = demo
 demo: configure
 	@echo "tandem: building in $(BUILD)/ (log: $(BUILD)/build.log)"
-	@cmake --build $(BUILD) -j $(JOBS) >$(BUILD)/build.log 2>&1 || { tail -n 40 $(BUILD)/build.log; exit 1; }
-	@$(BUILD)/examples/run-examples
+	@cmake --build $(BUILD) -j $(JOBS) --target tandem-cli >$(BUILD)/build.log 2>&1 || { tail -n 40 $(BUILD)/build.log; exit 1; }
+	@$(BUILD)/src/cli/tandem demo $(DEMO_ARGS)
 
 test: DEPS_GOAL = test
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 bench: DEPS_GOAL = bench
-bench: build
-	@$(BUILD)/bench/tandem-bench
+bench: configure
+	@cmake --build $(BUILD) -j $(JOBS) --target tandem-cli
+	@$(BUILD)/src/cli/tandem bench $(BENCH_ARGS)
 
 install: build
 	@cmake --install $(BUILD)
@@ -68,7 +71,7 @@ test-tsan:
 fuzz:
 	@scripts/ensure-deps fuzz address,undefined
 	@cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DTDM_SANITIZE=address,undefined -DTDM_FUZZ=ON \
-	  -DTDM_BUILD_TESTS=OFF -DTDM_BUILD_EXAMPLES=OFF -DTDM_BUILD_BENCH=OFF >/dev/null
+	  -DTDM_BUILD_TESTS=OFF -DTDM_BUILD_EXAMPLES=OFF -DTDM_BUILD_CLI=OFF >/dev/null
 	@cmake --build build-fuzz -j $(JOBS) --target fuzz_frame fuzz_auth_server fuzz_auth_client
 	@tests/fuzz/run build-fuzz $(FUZZ_TIME)
 

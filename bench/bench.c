@@ -1,5 +1,5 @@
 /*
- * bench.c: the harness of tandem-bench: timing, medians, the CPython peer scripts, the table.
+ * bench.c: the harness of `tandem bench`: timing, medians, the CPython peer scripts, the output.
  *
  * Measuring. bench_run() takes one workload at a time. Every implementation first runs once
  * with a quarter of the iterations, not counted (the warm-up: page faults, lazy binding, the CPU
@@ -20,11 +20,21 @@
  * table under the same keys. The script runs in a process group of its own so that the group,
  * including any multiprocessing children, can be killed as a whole. When python3 is missing, or
  * the script fails or returns nothing for a workload, the table says "skipped (why)": a number
- * is never made up.
+ * is never made up. The scripts are found next to the tandem command (the build copies them to
+ * <dir of tandem>/peers), then where `make install` puts them (<bindir>/../share/tandem/peers,
+ * TDM_BENCH_PEERS_FROM_BIN), then in the source tree; python runs them with -B, so that no
+ * __pycache__ is left in an installed tree.
+ *
+ * Output. Results are kept in the order they were measured and grouped by workload for output,
+ * tandem's row first. The table (the default), the JSON array (--json) and the CSV (--csv) carry
+ * the same results: one row or object per implementation of each workload, with its median, its
+ * number of runs, its goal and, when it has no number, why. --svg also draws them (svg.c), one
+ * group of bars per workload, in addition to whichever of the three is printed.
  */
 #include "bench.h"
 
 #include <assert.h>
+#include <math.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <gnu/libc-version.h>
@@ -41,8 +51,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli/cli.h"
+
 #ifndef TDM_BENCH_PEERS_DIR
 #define TDM_BENCH_PEERS_DIR "bench/peers"
+#endif
+/* Where `make install` puts the peer scripts, relative to the directory of the tandem command. */
+#ifndef TDM_BENCH_PEERS_FROM_BIN
+#define TDM_BENCH_PEERS_FROM_BIN "../share/tandem/peers"
 #endif
 
 #define MAX_RUNS       100
@@ -91,7 +107,7 @@ static void *grow(void *p, size_t *cap, size_t n, size_t size) {
   size_t c = *cap ? *cap * 2 : 32;
   void *q = realloc(p, c * size);
   if (q == NULL) {
-    fprintf(stderr, "tandem-bench: out of memory\n");
+    fprintf(stderr, "tandem bench: out of memory\n");
     exit(1);
   }
   *cap = c;
@@ -139,12 +155,12 @@ static void kill_everything(void) {
 static void on_fatal_signal(int sig) {
   kill_everything();
   if (sig == SIGALRM) {
-    say("\ntandem-bench: workload ");
+    say("\ntandem bench: workload ");
     say(current_workload);
     say(" did not finish in time (watchdog); its children were killed\n");
     _exit(3);
   }
-  say("\ntandem-bench: interrupted; children killed\n");
+  say("\ntandem bench: interrupted; children killed\n");
   _exit(128 + sig);
 }
 
@@ -194,7 +210,7 @@ static int wait_status(pid_t pid, int *status) {
 void *bench_shared_alloc(size_t size) {
   void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
-    fprintf(stderr, "tandem-bench: mmap of %zu bytes failed: %s\n", size, strerror(errno));
+    fprintf(stderr, "tandem bench: mmap of %zu bytes failed: %s\n", size, strerror(errno));
     exit(1);
   }
   return p;
@@ -287,7 +303,7 @@ bool bench_quick(const bench_ctx *ctx) {
 }
 
 static bool show_progress(const bench_ctx *ctx) {
-  return !ctx->opt.json && isatty(STDERR_FILENO);
+  return !ctx->opt.json && !ctx->opt.csv && isatty(STDERR_FILENO);
 }
 
 static void request_peers(bench_ctx *ctx, const bench_workload *w) {
@@ -385,22 +401,32 @@ static bool find_program(const char *name, char *out, size_t size) {
   return false;
 }
 
-/* Finds a peer script: next to the executable (the build copies bench/peers/ there), or in
- * the source tree. */
+/* Stores dir/script in out and says whether it is a readable file. */
+static bool script_at(const char *dir, const char *script, char *out, size_t size) {
+  int k = snprintf(out, size, "%s/%s", dir, script);
+  return k > 0 && (size_t)k < size && access(out, R_OK) == 0;
+}
+
+/*
+ * Finds a peer script: in <dir>/peers, where <dir> holds the tandem command (the build copies
+ * bench/peers/ there), then in <dir>/TDM_BENCH_PEERS_FROM_BIN (where `make install` puts them),
+ * then in the source tree.
+ */
 static bool find_script(const char *script, char *out, size_t size) {
-  char exe[PATH_MAX];
+  char exe[PATH_MAX], dir[PATH_MAX + 64];
   ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
   if (len > 0) {
     exe[len] = '\0';
     char *slash = strrchr(exe, '/');
     if (slash != NULL) {
       *slash = '\0';
-      int k = snprintf(out, size, "%s/peers/%s", exe, script);
-      if (k > 0 && (size_t)k < size && access(out, R_OK) == 0) return true;
+      snprintf(dir, sizeof dir, "%s/peers", exe);
+      if (script_at(dir, script, out, size)) return true;
+      snprintf(dir, sizeof dir, "%s/%s", exe, TDM_BENCH_PEERS_FROM_BIN);
+      if (script_at(dir, script, out, size)) return true;
     }
   }
-  snprintf(out, size, "%s/%s", TDM_BENCH_PEERS_DIR, script);
-  return access(out, R_OK) == 0;
+  return script_at(TDM_BENCH_PEERS_DIR, script, out, size);
 }
 
 /* Copies the JSON string value of "field" in `line` into out; false when there is none. */
@@ -497,10 +523,11 @@ static void run_peer_script(bench_ctx *ctx, const char *script) {
   if (why[0] == '\0') {
     char runs[16];
     snprintf(runs, sizeof runs, "%d", ctx->opt.runs);
-    const char **argv = calloc(n_keys + 7, sizeof *argv);
+    const char **argv = calloc(n_keys + 8, sizeof *argv);
     if (argv == NULL) return;
     size_t a = 0;
     argv[a++] = ctx->python_path;
+    argv[a++] = "-B"; /* no __pycache__ beside the scripts, which may be installed */
     argv[a++] = path;
     argv[a++] = "--runs";
     argv[a++] = runs;
@@ -522,7 +549,7 @@ static void run_peer_script(bench_ctx *ctx, const char *script) {
         child_setup(parent);
         dup2(fds[1], STDOUT_FILENO);
         execv(ctx->python_path, (char *const *)argv);
-        say("tandem-bench: cannot run python\n");
+        say("tandem bench: cannot run python\n");
         _exit(127);
       }
       close(fds[1]);
@@ -601,20 +628,6 @@ static void run_peer_scripts(bench_ctx *ctx) {
 
 /* ---- Output --------------------------------------------------------------------------------- */
 
-static void json_put_string(const char *s) {
-  putchar('"');
-  for (; *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\')
-      printf("\\%c", c);
-    else if (c < 0x20)
-      printf("\\u%04x", c);
-    else
-      putchar(c);
-  }
-  putchar('"');
-}
-
 /*
  * Stores in order[] the indexes of the results grouped by workload, in the order in which the
  * workloads first appear, tandem's result first in each group (peer scripts add theirs last).
@@ -634,14 +647,51 @@ static void group_results(const bench_ctx *ctx, size_t *order) {
   }
 }
 
+/* tandem's result of workload `key`, or NULL when there is none. */
+static const result *tandem_result(const bench_ctx *ctx, const char *key) {
+  for (size_t i = 0; i < ctx->n_results; i++)
+    if (ctx->results[i].tandem && strcmp(ctx->results[i].workload, key) == 0)
+      return &ctx->results[i];
+  return NULL;
+}
+
+/* Stores peer p's time / tandem's t in *ratio when both have a number; false otherwise. */
+static bool ratio_of(const result *p, const result *t, double *ratio) {
+  if (p->status != ST_OK || t == NULL || t->status != ST_OK || t->ns <= 0 || p->tandem)
+    return false;
+  *ratio = p->ns / t->ns;
+  return true;
+}
+
+static const char *status_name(enum status st) {
+  return st == ST_OK ? "ok" : st == ST_SKIPPED ? "skipped" : "failed";
+}
+
+/* The machine and the run, one line: "tandem 0.1.0, Linux 6.1 x86_64, 2 CPUs (...), ...". */
+static void describe_machine(const bench_ctx *ctx, char *out, size_t size) {
+  struct utsname u;
+  char system[200] = "";
+  if (uname(&u) == 0)
+    snprintf(system, sizeof system, "%s %s %s, ", u.sysname, u.release, u.machine);
+  int k = snprintf(out, size, "tandem %s, %s%d CPUs (tdm_cpu_count), glibc %s", tdm_version(),
+                   system, tdm_cpu_count(), gnu_get_libc_version());
+  if (ctx->python_version[0] && k > 0 && (size_t)k < size)
+    snprintf(out + k, size - (size_t)k, ", CPython %s (%s)", ctx->python_version, ctx->python_path);
+}
+
+/*
+ * The JSON array: one object per result, in table order, with the keys workload, impl, role
+ * ("tandem" or "peer"), ns_per_op (a number, or null when there is none), runs, then goal when
+ * the row has one, and skipped or failed (the reason) when ns_per_op is null.
+ */
 static void print_json(const bench_ctx *ctx, const size_t *order) {
   printf("[");
   for (size_t k = 0; k < ctx->n_results; k++) {
     const result *r = &ctx->results[order[k]];
     printf("%s\n  {\"workload\": ", k ? "," : "");
-    json_put_string(r->workload);
+    cli_json_string(stdout, r->workload);
     printf(", \"impl\": ");
-    json_put_string(r->impl);
+    cli_json_string(stdout, r->impl);
     printf(", \"role\": \"%s\", \"ns_per_op\": ", r->tandem ? "tandem" : "peer");
     if (r->status == ST_OK)
       printf("%.3f", r->ns);
@@ -650,12 +700,117 @@ static void print_json(const bench_ctx *ctx, const size_t *order) {
     printf(", \"runs\": %d", r->runs);
     if (r->goal > 0) printf(", \"goal\": %g", r->goal);
     if (r->status != ST_OK) {
-      printf(", \"%s\": ", r->status == ST_SKIPPED ? "skipped" : "failed");
-      json_put_string(r->note);
+      printf(", \"%s\": ", status_name(r->status));
+      cli_json_string(stdout, r->note);
     }
     printf("}");
   }
   printf("\n]\n");
+}
+
+/* Writes one CSV field, quoted (RFC 4180) when it holds a comma, a quote or a line break. */
+static void csv_field(const char *s) {
+  if (strpbrk(s, ",\"\r\n") == NULL) {
+    fputs(s, stdout);
+    return;
+  }
+  putchar('"');
+  for (; *s; s++) {
+    if (*s == '"') putchar('"');
+    putchar(*s);
+  }
+  putchar('"');
+}
+
+/*
+ * The CSV: a header row, then one row per result in table order, with the JSON's content:
+ * workload, impl, role, ns_per_op (empty when there is none), runs, ratio (peer / tandem, empty on
+ * tandem's row and where either has no number), goal (empty when none), status (ok, skipped or
+ * failed) and note (why it has no number).
+ */
+static void print_csv(const bench_ctx *ctx, const size_t *order) {
+  printf("workload,impl,role,ns_per_op,runs,ratio,goal,status,note\n");
+  for (size_t k = 0; k < ctx->n_results; k++) {
+    const result *r = &ctx->results[order[k]];
+    csv_field(r->workload);
+    putchar(',');
+    csv_field(r->impl);
+    printf(",%s,", r->tandem ? "tandem" : "peer");
+    if (r->status == ST_OK) printf("%.3f", r->ns);
+    printf(",%d,", r->runs);
+    double ratio;
+    if (ratio_of(r, tandem_result(ctx, r->workload), &ratio)) printf("%.6g", ratio);
+    putchar(',');
+    if (r->goal > 0) printf("%g", r->goal);
+    printf(",%s,", status_name(r->status));
+    csv_field(r->status == ST_OK ? "" : r->note);
+    putchar('\n');
+  }
+}
+
+/* Formats a time with three significant digits in a unit that fits: "87.3 ns", "1.23 µs". */
+static void format_time(char *out, size_t size, double ns) {
+  static const char *const units[] = { "ns", "µs", "ms", "s" };
+  size_t u = 0;
+  while (ns >= 1000 && u + 1 < sizeof units / sizeof units[0]) {
+    ns /= 1000;
+    u++;
+  }
+  snprintf(out, size, ns >= 100 ? "%.0f %s" : ns >= 10 ? "%.1f %s" : "%.2f %s", ns, units[u]);
+}
+
+/* Formats a ratio for a label: two decimals near 1, fewer above. */
+static void format_times(char *out, size_t size, double x) {
+  snprintf(out, size, x < 1.1 ? "%.2fx" : x < 10 ? "%.1fx" : "%.0fx", x);
+}
+
+/*
+ * The label of a bar: its time, and for a peer how tandem compares ("1.23 µs, tandem 3.1x
+ * faster") and whether a goal is met; or why there is no number ("skipped: why", "failed: why").
+ */
+static void chart_label(char *out, size_t size, const result *r, const result *t) {
+  if (r->status != ST_OK) {
+    /* A failure's note already starts with "failed: " (bench_run()). */
+    snprintf(out, size, "%s%s", r->status == ST_SKIPPED ? "skipped: " : "", r->note);
+    return;
+  }
+  char time[32], x[32];
+  format_time(time, sizeof time, r->ns);
+  double ratio;
+  if (!ratio_of(r, t, &ratio)) {
+    snprintf(out, size, "%s", time);
+    return;
+  }
+  format_times(x, sizeof x, ratio >= 1 ? ratio : 1 / ratio);
+  int k = snprintf(out, size, "%s, tandem %s %s", time, x, ratio >= 1 ? "faster" : "slower");
+  if (r->goal > 0 && k > 0 && (size_t)k < size)
+    snprintf(out + k, size - (size_t)k, " (goal %.3gx: %s)", r->goal,
+             ratio >= r->goal ? "met" : "NOT met");
+}
+
+/*
+ * Draws the results as a chart (group: the workload, series: the implementation, value: ns per
+ * operation; every group on its own scale) and saves it to opt.svg. Returns 0 or a negative
+ * errno.
+ */
+static int write_chart(const bench_ctx *ctx, const size_t *order) {
+  char machine[PATH_MAX + 400], subtitle[PATH_MAX + 600];
+  describe_machine(ctx, machine, sizeof machine);
+  snprintf(subtitle, sizeof subtitle, "%s; the median of %d run%s%s", machine, ctx->opt.runs,
+           ctx->opt.runs == 1 ? "" : "s", ctx->opt.quick ? " (--quick)" : "");
+  cli_chart *chart =
+      cli_chart_new("tandem bench: time per operation (a shorter bar is faster)", subtitle);
+  if (chart == NULL) return -ENOMEM;
+  int rc = 0;
+  for (size_t k = 0; k < ctx->n_results && rc == 0; k++) {
+    const result *r = &ctx->results[order[k]];
+    char label[NOTE_MAX + 96];
+    chart_label(label, sizeof label, r, tandem_result(ctx, r->workload));
+    rc = cli_chart_bar(chart, r->workload, r->impl, r->status == ST_OK ? r->ns : NAN, label);
+  }
+  if (rc == 0) rc = cli_chart_save(chart, ctx->opt.svg);
+  cli_chart_free(chart);
+  return rc;
 }
 
 static void format_ns(char *out, size_t size, const result *r) {
@@ -695,23 +850,19 @@ static void format_rate(char *out, size_t size, const result *info, double ns) {
 static void format_goal(char *out, size_t size, const result *p, const result *t) {
   out[0] = '\0';
   if (p->goal <= 0) return;
-  if (p->status == ST_OK && t != NULL && t->status == ST_OK && t->ns > 0)
-    snprintf(out, size, "  goal >= %.3gx: %s", p->goal,
-             p->ns / t->ns >= p->goal ? "met" : "NOT met");
+  double ratio;
+  if (ratio_of(p, t, &ratio))
+    snprintf(out, size, "  goal >= %.3gx: %s", p->goal, ratio >= p->goal ? "met" : "NOT met");
   else
     snprintf(out, size, "  goal >= %.3gx: no number", p->goal);
 }
 
 static void print_table(const bench_ctx *ctx, const size_t *order) {
-  struct utsname u;
-  char system[200] = "";
-  if (uname(&u) == 0)
-    snprintf(system, sizeof system, "%s %s %s, ", u.sysname, u.release, u.machine);
-  printf("tandem-bench: tandem %s, %s%d CPUs (tdm_cpu_count), glibc %s", tdm_version(), system,
-         tdm_cpu_count(), gnu_get_libc_version());
-  if (ctx->python_version[0]) printf(", CPython %s (%s)", ctx->python_version, ctx->python_path);
-  printf("\n%d runs per measurement after one warm-up, median shown%s.\n", ctx->opt.runs,
-         ctx->opt.quick ? " (--quick: fewer iterations)" : "");
+  char machine[PATH_MAX + 400];
+  describe_machine(ctx, machine, sizeof machine);
+  printf("tandem bench: %s\n", machine);
+  printf("%d run%s per measurement after one warm-up, median shown%s.\n", ctx->opt.runs,
+         ctx->opt.runs == 1 ? "" : "s", ctx->opt.quick ? " (--quick: fewer iterations)" : "");
   printf("Times are ns per operation: one lock+unlock (contended: wall time / all parties' "
          "operations),\none round trip (ping-pong, hand-off), one child started and reaped "
          "(process/start),\none message delivered (queue/64b, queue/1mib: wall time / all "
@@ -751,14 +902,15 @@ static void print_table(const bench_ctx *ctx, const size_t *order) {
       format_goal(goal, sizeof goal, p, t);
       /* Against a goal, one more digit, so that a miss by less than 0.01 does not read as met. */
       const char *fmt = p->goal > 0 ? "%.3fx%s" : "%.2fx%s";
-      if (p->status == ST_OK && t && t->status == ST_OK && t->ns > 0 && p->ns > 0 && info) {
+      double x;
+      if (ratio_of(p, t, &x) && p->ns > 0 && info) {
         char tr[32], pr[32], r[96];
         format_rate(tr, sizeof tr, info, t->ns);
         format_rate(pr, sizeof pr, info, p->ns);
-        snprintf(r, sizeof r, fmt, p->ns / t->ns, goal);
+        snprintf(r, sizeof r, fmt, x, goal);
         snprintf(ratio, sizeof ratio, "%s  (tandem %s, peer %s)", r, tr, pr);
-      } else if (p->status == ST_OK && t && t->status == ST_OK && t->ns > 0)
-        snprintf(ratio, sizeof ratio, fmt, p->ns / t->ns, goal);
+      } else if (ratio_of(p, t, &x))
+        snprintf(ratio, sizeof ratio, fmt, x, goal);
       else if (p->status != ST_OK)
         snprintf(ratio, sizeof ratio, "(%s)%s", p->note, goal);
       else if (t && t->status != ST_OK)
@@ -781,19 +933,30 @@ int bench_finish(bench_ctx *ctx) {
     if (show_progress(ctx)) fprintf(stderr, "\r\033[K");
     size_t *order = calloc(ctx->n_results + 1, sizeof *order);
     if (order == NULL) {
-      fprintf(stderr, "tandem-bench: out of memory\n");
+      fprintf(stderr, "tandem bench: out of memory\n");
       status = 1;
     } else if (ctx->n_results == 0) {
-      fprintf(stderr, "tandem-bench: no workload matches --filter '%s' (see --list)\n",
+      fprintf(stderr, "tandem bench: no workload matches --filter '%s' (see --list)\n",
               ctx->opt.filter ? ctx->opt.filter : "");
       status = 2;
     } else {
       group_results(ctx, order);
       if (ctx->opt.json)
         print_json(ctx, order);
+      else if (ctx->opt.csv)
+        print_csv(ctx, order);
       else
         print_table(ctx, order);
       status = ctx->failures ? 1 : 0;
+      if (ctx->opt.svg != NULL) {
+        fflush(stdout);
+        int rc = write_chart(ctx, order);
+        if (rc != 0) {
+          fprintf(stderr, "tandem bench: cannot write the chart to %s: %s\n", ctx->opt.svg,
+                  strerror(-rc));
+          status = 1;
+        }
+      }
     }
     free(order);
   }

@@ -1,5 +1,5 @@
 /*
- * bench.h: the benchmark harness shared by every suite of tandem-bench.
+ * bench.h: the benchmark harness shared by every suite of `tandem bench`.
  *
  * A suite (sync_bench.c, process_bench.c, queue_bench.c, pool_bench.c) describes each workload as a
  * key, iteration counts and a list of implementations: tandem's first, then its peers. Each
@@ -7,7 +7,7 @@
  * reports nanoseconds per operation. The harness selects workloads (--filter), warms every
  * implementation up once, repeats the runs round-robin across implementations (so that a drift of
  * the machine's speed hits them all alike), keeps the median, runs the CPython peer scripts in
- * bench/peers/ and prints the table or the JSON.
+ * bench/peers/ and prints the table, the JSON or the CSV, and draws the chart.
  *
  * Helpers for the workloads themselves are here too: memory that forked children share, a
  * "party" that is either a thread or a child process, and a start gate.
@@ -75,6 +75,8 @@ typedef struct bench_options {
   int runs;           /* timed runs per measurement; the median is reported */
   bool quick;         /* fewer iterations */
   bool json;          /* a JSON array instead of the table */
+  bool csv;           /* CSV instead of the table (not with json) */
+  const char *svg;    /* also write a chart to this file; NULL: none */
   bool list;          /* list the selected workload keys, measure nothing */
   bool no_peers;      /* do not run the CPython peer scripts */
   bool verbose;       /* print every run's time on stderr */
@@ -114,8 +116,10 @@ void bench_measure(bench_ctx *ctx, const char *key, int64_t iters, int64_t quick
   bench_measure((ctx), (key), (iters), (quick_iters), (peer_script), (impls), BENCH_COUNT(impls))
 
 /*
- * Runs the peer scripts that the measured workloads named, prints the table (or the JSON) and
- * frees the context. Returns the program's exit status: 0, or 1 when some measurement failed.
+ * Runs the peer scripts that the measured workloads named, prints the table (or the JSON, or the
+ * CSV), writes the chart when one was asked for, and frees the context. Returns the program's
+ * exit status: 0; 1 when some measurement failed or the chart could not be written; 2 when no
+ * workload matched --filter.
  */
 int bench_finish(bench_ctx *ctx);
 

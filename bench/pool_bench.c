@@ -138,7 +138,7 @@ static int pool_open(const impl_arg *a, tdm_pool **out) {
   tdm_pool_options o = { .backend = a->backend, .workers = a->workers };
   int r = tdm_pool_open(out, &o);
   if (r != 0)
-    fprintf(stderr, "tandem-bench: tdm_pool_open (%s): %s\n", tdm_pool_backend_name(a->backend),
+    fprintf(stderr, "tandem bench: tdm_pool_open (%s): %s\n", tdm_pool_backend_name(a->backend),
             tdm_strerror(r));
   return r;
 }
@@ -164,7 +164,7 @@ static void pools_release(void) {
 
 /* Says on stderr what failed (the table shows the code only). */
 static int failed(const char *what, int r) {
-  if (r != 0) fprintf(stderr, "tandem-bench: %s: %s\n", what, tdm_strerror(r));
+  if (r != 0) fprintf(stderr, "tandem bench: %s: %s\n", what, tdm_strerror(r));
   return r;
 }
 
@@ -190,7 +190,7 @@ static int map_arrays(void) {
 static int map_check(size_t n) {
   for (size_t i = 0; i < n; i++) {
     if (map_out[i] != bench_map_item(map_in[i])) {
-      fprintf(stderr, "tandem-bench: map output %zu is %lld, not %lld\n", i, (long long)map_out[i],
+      fprintf(stderr, "tandem bench: map output %zu is %lld, not %lld\n", i, (long long)map_out[i],
               (long long)bench_map_item(map_in[i]));
       return -EPROTO;
     }
@@ -313,7 +313,7 @@ static int run_cpu(const void *arg, int64_t iters, double *ns) {
   }
   for (size_t i = 0; r == 0 && i < tasks; i++) {
     if (sums[i] != count * (count - 1) / 2) {
-      fprintf(stderr, "tandem-bench: task %zu summed to %llu\n", i, (unsigned long long)sums[i]);
+      fprintf(stderr, "tandem bench: task %zu summed to %llu\n", i, (unsigned long long)sums[i]);
       r = -EPROTO;
     }
   }

@@ -6,7 +6,7 @@
  * CPU-bound task (bench_sum_to(), the seeds' loop, compiled once so every implementation runs
  * the same machine code), the 50 ms wait (bench_wait_50ms()) and the empty task. A peer
  * function does one timed run's work and returns 0, or a negative errno (-ENOTSUP when the peer
- * is not built into this tandem-bench: the CMake build leaves a peer out when its library is
+ * is not built into this `tandem bench`: the CMake build leaves a peer out when its library is
  * not found, and under ThreadSanitizer, which cannot see the synchronisation inside libgomp or
  * GLib and would report races that are not there). pool_bench.c times the call and checks the
  * outputs. A peer's pool is kept between runs (as tandem's is, except in the wait workload) and

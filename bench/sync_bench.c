@@ -42,7 +42,7 @@ typedef struct impl_arg {
 
 /* A failing call in a timed loop is a bug in the library or the benchmark: stop loudly. */
 static _Noreturn void die(const char *call, int err) {
-  fprintf(stderr, "tandem-bench: %s failed: %s\n", call, tdm_strerror(err));
+  fprintf(stderr, "tandem bench: %s failed: %s\n", call, tdm_strerror(err));
   abort();
 }
 
@@ -225,7 +225,7 @@ static int run_contended(const void *arg, int64_t iters, double *ns) {
     }
     int64_t total = s->rounds * n;
     if (r == 0 && s->counter != total) {
-      fprintf(stderr, "tandem-bench: lock lost updates: counter %lld, expected %lld\n",
+      fprintf(stderr, "tandem bench: lock lost updates: counter %lld, expected %lld\n",
               (long long)s->counter, (long long)total);
       r = -EPROTO;
     }

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
-"""CPython's peers of tandem-bench's pool workloads (bench/pool_bench.c).
+"""CPython's peers of `tandem bench`'s pool workloads (bench/pool_bench.c).
 
-tandem-bench runs this script with the keys of the workloads it measured:
+`tandem bench` runs this script with the keys of the workloads it measured:
 
-    cpython_pool.py [--runs N] [--quick] WORKLOAD...
+    python3 -B cpython_pool.py [--runs N] [--quick] WORKLOAD...
 
 and reads its standard output: one JSON object per line, first {"python": VERSION}, then for
 each workload and peer either {"workload", "impl", "ns_per_op", "runs"[, "goal"]} or
 {"workload", "impl", "error"}. A "goal" is the least ratio (peer time / tandem time) that
-meets one of the project's goals; tandem-bench prints whether the run meets it.
+meets one of the project's goals; `tandem bench` prints whether the run meets it.
 
 The peers are multiprocessing.Pool and ThreadPool (multiprocessing.pool) and
 concurrent.futures' ProcessPoolExecutor and ThreadPoolExecutor, processes forked by the "fork"
@@ -22,7 +22,9 @@ context. Each workload is the C one, with the same unit (one map item, one task,
                         slow for that (20-240 us an item here), so they run fewer items and the
                         row's name says how many. The time is per item either way.
   pool/cpu-8x10m/*      8 tasks submitted (apply_async, or executor.submit), then their results
-                        read. A Python loop summing to 10,000,000 takes about 1.5 s, so each
+                        read: Pool and ProcessPoolExecutor against the process backend,
+                        ThreadPoolExecutor and ThreadPool (which the GIL serialises) against
+                        the thread and auto backends. A Python loop summing to 10,000,000 takes about 1.5 s, so each
                         task sums to 200,000 and its time is multiplied by 50 (the row says so):
                         the per-task overhead of the pool (25-190 us here) is multiplied
                         too, which adds about 2% to ProcessPoolExecutor's time, less to the
@@ -31,8 +33,9 @@ context. Each workload is the C one, with the same unit (one map item, one task,
                         for each run, as in C (its making is not timed; an executor starts its
                         threads as tasks arrive, which is timed, as it is what it does).
                         threads: 64 workers, as tandem's; auto: ThreadPoolExecutor's default
-                        workers, min(32, cpus + 4); processes: Pool() with its default workers
-                        (a batch takes 64 / cpus x 50 ms: not run with --quick).
+                        workers, min(32, cpus + 4); processes: Pool() and ProcessPoolExecutor()
+                        with their default workers (a batch takes 64 / cpus x 50 ms: not run
+                        with --quick).
   pool/submit-200k/*    empty tasks: submit all, then wait for each (f.result(), r.get()).
                         Fewer than 200,000 (the row says how many); the time is per task.
 
@@ -75,7 +78,10 @@ def nap():
 
 
 def cpus():
-    return len(os.sched_getaffinity(0))
+    """The CPUs that the default pools count: os.cpu_count() before Python 3.13,
+    os.process_cpu_count() (which honours the affinity mask) since. Pool() and
+    ProcessPoolExecutor() start that many workers, ThreadPoolExecutor() min(32, cpus() + 4)."""
+    return getattr(os, "process_cpu_count", os.cpu_count)() or 1
 
 
 # ---- Pools: made, run, ended the same way whatever the kind ------------------------------------
@@ -229,7 +235,7 @@ def peers_of(key):
         ]
     if group == "pool/cpu-8x10m":
         if threads:
-            return [cpu_peer("ThreadPoolExecutor")]
+            return [cpu_peer("ThreadPoolExecutor"), cpu_peer("ThreadPool")]
         return [cpu_peer("Pool"), cpu_peer("ProcessPoolExecutor")]
     if group == "pool/wait-64x50ms":
         if backend == "threads":
@@ -240,8 +246,12 @@ def peers_of(key):
         if backend == "auto":
             name = "CPython ThreadPoolExecutor() (default workers: %d)" % min(32, cpus() + 4)
             return [("wait/TPE", name, wait_run("ThreadPoolExecutor", None), (1, 1), None)]
-        name = "CPython multiprocessing.Pool() (default workers: %d)" % cpus()
-        return [("wait/Pool", name, wait_run("Pool", None), (1, 0), None)]
+        pool = "CPython multiprocessing.Pool() (default workers: %d)" % cpus()
+        ppe = "CPython ProcessPoolExecutor() (default workers: %d)" % cpus()
+        return [
+            ("wait/Pool", pool, wait_run("Pool", None), (1, 0), None),
+            ("wait/PPE", ppe, wait_run("ProcessPoolExecutor", None), (1, 0), None),
+        ]
     if group == "pool/submit-200k":
         if threads:
             return [

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""CPython's peers of tandem-bench's process workloads (bench/process_bench.c).
+"""CPython's peers of `tandem bench`'s process workloads (bench/process_bench.c).
 
-tandem-bench runs this script with the keys of the workloads it measured:
+`tandem bench` runs this script with the keys of the workloads it measured:
 
-    cpython_process.py [--runs N] [--quick] WORKLOAD...
+    python3 -B cpython_process.py [--runs N] [--quick] WORKLOAD...
 
 and reads its standard output: one JSON object per line, first {"python": VERSION}, then for
-each workload either {"workload", "impl", "ns_per_op", "runs"} or {"workload", "impl", "error"}.
+each workload either {"workload", "impl", "ns_per_op", "runs"[, "goal"]} or
+{"workload", "impl", "error"}. The goal: every tandem start method at least 10x faster than
+CPython's same method, with a small parent (process/start/*).
 
 One operation is what it is in C: multiprocessing.get_context(METHOD).Process(target=f), with
 an f that returns at once, then start() and join(); the exit code must be 0. Each workload gets
@@ -70,7 +72,7 @@ def lookup(key):
     impl = "CPython multiprocessing %s" % method
     if method == "forkserver":
         impl += " (server already up)"
-    return big, impl, start_join(method), ITERS[(big, method)]
+    return big, impl, start_join(method), ITERS[(big, method)], None if big else 10
 
 
 def main():
@@ -92,8 +94,8 @@ def main():
         if found is None:
             unknown(key)
             continue
-        want_big, impl, run, iters = found
-        report(key, impl, run, iters, args, prepare=lambda: hold(want_big))
+        want_big, impl, run, iters, goal = found
+        report(key, impl, run, iters, args, prepare=lambda: hold(want_big), goal=goal)
     held.clear()
 
 

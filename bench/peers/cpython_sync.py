@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""CPython's peers of tandem-bench's sync workloads (bench/sync_bench.c).
+"""CPython's peers of `tandem bench`'s sync workloads (bench/sync_bench.c).
 
-tandem-bench runs this script with the keys of the workloads it measured:
+`tandem bench` runs this script with the keys of the workloads it measured:
 
-    cpython_sync.py [--runs N] [--quick] WORKLOAD...
+    python3 -B cpython_sync.py [--runs N] [--quick] WORKLOAD...
 
 and reads its standard output: one JSON object per line, first {"python": VERSION}, then for
 each workload either {"workload", "impl", "ns_per_op", "runs"} or {"workload", "impl", "error"}.

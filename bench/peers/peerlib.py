@@ -1,8 +1,10 @@
 """What every CPython peer script shares: the command line, the JSON lines, the timing rule.
 
-tandem-bench runs a peer script as `python3 SCRIPT [--quick] [--runs N] WORKLOAD...` and reads
-one JSON object per line: first {"python": version}, then per workload either
-{"workload", "impl", "ns_per_op", "runs"} or {"workload", "impl", "error"}.
+`tandem bench` runs a peer script as `python3 -B SCRIPT [--quick] [--runs N] WORKLOAD...` and
+reads one JSON object per line: first {"python": version}, then per workload either
+{"workload", "impl", "ns_per_op", "runs"[, "goal"]} or {"workload", "impl", "error"}. A "goal" is
+the least ratio (peer time / tandem time) that meets one of the project's goals; `tandem bench`
+prints whether the run meets it.
 """
 
 import argparse
@@ -36,14 +38,17 @@ def measure(run, iters, runs):
     return statistics.median(samples)
 
 
-def report(key, impl, run, iters, args, prepare=None):
-    """Measures one workload and emits its line; an exception becomes an error line, never a
-    crash, so that the other workloads still run."""
+def report(key, impl, run, iters, args, prepare=None, goal=None):
+    """Measures one workload and emits its line (with the peer's goal, if it has one); an
+    exception becomes an error line, never a crash, so that the other workloads still run."""
     try:
         if prepare is not None:
             prepare()
         ns = measure(run, iters[1] if args.quick else iters[0], args.runs)
-        emit({"workload": key, "impl": impl, "ns_per_op": round(ns, 3), "runs": args.runs})
+        line = {"workload": key, "impl": impl, "ns_per_op": round(ns, 3), "runs": args.runs}
+        if goal is not None:
+            line["goal"] = goal
+        emit(line)
     except Exception as e:
         emit({"workload": key, "impl": impl, "error": "%s: %s" % (type(e).__name__, e)})
 

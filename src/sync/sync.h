@@ -22,7 +22,7 @@
  * x86 and 40 ns on another, so counting pauses would spin for very different times).
  *
  * A lock spins briefly: a longer spin makes the waiter steal the lock back and forth with its
- * owner, moving the cache line on every operation (tandem-bench's contended rows fell below
+ * owner, moving the cache line on every operation (`tandem bench`'s contended rows fell below
  * pthreads with 600 ns of spinning). A wait for a hand-off (a semaphore permit, a notify, a set
  * event) spins for about what a sleep and a wake-up cost, the classic competitive bound: it
  * never wastes more than it could save, and catches a partner that answers within microseconds,
