@@ -192,7 +192,7 @@ int demo_memory(long items, demo_memory_row rows[DEMO_MEMORY_ROWS]) {
                                .model = "manager",
                                .seen = -1,
                                .appended = items,
-                               .note = "managers are not in this version yet" };
+                               .note = "not in this version yet" };
   return first;
 }
 
