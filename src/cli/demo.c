@@ -322,7 +322,7 @@ static void add(char *buf, size_t size, const char *fmt, ...) {
   va_end(ap);
 }
 
-static void summarise_io(speed *s, int cpus) {
+static void summarise_io(speed *s, int cpus, double cached) {
   char *b = s->summary;
   size_t z = sizeof s->summary;
   double seq_cpu = cpu_ratio(&s->r[M_SEQ]), thr = speedup(s, M_THREADS), gil = speedup(s, M_GIL),
@@ -356,8 +356,10 @@ static void summarise_io(speed *s, int cpus) {
         "gain more from CPUs than from overlapping their waits. Threads were %.1fx as fast as "
         "sequential, keeping %.1f CPUs busy; under the GIL model %.1fx (%.1f CPUs), %s. ",
         seq_cpu * 100,
-        s->id == E_FILE ? "this disk answers fast, and copying and checking the bytes is CPU work"
-                        : "the work between the waits is most of each task",
+        s->id != E_FILE ? "the work between the waits is most of each task"
+        : cached > 0.95
+            ? "the files stayed in memory, so reading them is copying, which is CPU work"
+            : "this disk answers fast, and copying and checking the bytes is CPU work",
         thr, cpu_ratio(&s->r[M_THREADS]), gil, cpu_ratio(&s->r[M_GIL]),
         gil < 0.8 * thr ? "since only the waits overlap and the work takes turns"
                         : "since the waits overlap with the work");
@@ -433,7 +435,7 @@ static int median_index(const double *v, int n) {
  * method alone. Before the first round, one task runs once untimed (page faults, lazy binding).
  * Each method's row is its median run.
  */
-static int run_speed(speed *s, int runs, int cpus) {
+static int run_speed(speed *s, int runs, int cpus, double cached) {
   enum { MAX_RUNS = 3 * 50 };
   static demo_result one[M_COUNT][MAX_RUNS];
   double wall[M_COUNT][MAX_RUNS];
@@ -465,7 +467,7 @@ static int run_speed(speed *s, int runs, int cpus) {
     if (s->id == E_CPU) {
       summarise_cpu(s, cpus);
     } else {
-      summarise_io(s, cpus);
+      summarise_io(s, cpus, cached);
     }
   } else {
     snprintf(s->summary, sizeof s->summary,
@@ -741,9 +743,11 @@ static void print_text(const demo *d) {
            d->mach.cpus, d->mach.cpus == 1 ? "" : "s", d->mach.cpu_model[0] ? ", " : "",
            d->mach.cpu_model, d->mach.system, tdm_version(), d->mach.date);
   wrap(line, 2);
-  printf("  Each time is the median of %ld run%s (%ld for the CPU batch), from starting the "
-         "workers to having them gone.\n",
-         o->runs, o->runs == 1 ? "" : "s", 3 * o->runs);
+  snprintf(line, sizeof line,
+           "Each time is the median of %ld run%s (%ld for the CPU batch), from starting the "
+           "workers to having them gone.",
+           o->runs, o->runs == 1 ? "" : "s", 3 * o->runs);
+  wrap(line, 2);
   printf("  speedup: sequential time / this time; CPU/wall: CPU time of all the workers / wall "
          "time.\n");
   if (d->setup_rc != 0) {
@@ -756,11 +760,14 @@ static void print_text(const demo *d) {
     print_speed(&d->speeds[e], ++number);
     if (e == E_FILE) {
       if (d->files_cached >= 0) {
-        char note[160];
+        char note[256];
         snprintf(note, sizeof note,
                  "(%.0f%% of the files' pages stayed cached after each drop from the page cache%s)",
                  d->files_cached * 100,
-                 d->files_cached < 0.05 ? ": the reads went to the disk" : "");
+                 d->files_cached < 0.05   ? ": the reads went to the disk"
+                 : d->files_cached > 0.95 ? ": the reads came from memory, as on a file system "
+                                            "in memory (tmpfs), which cannot drop them"
+                                          : ": some reads came from memory");
         wrap(note, 3);
       }
     }
@@ -1038,7 +1045,8 @@ int cli_demo_main(int argc, char **argv) {
   if (d.setup_rc == 0) d.setup_rc = setup(&d);
   if (d.setup_rc == 0) {
     for (int e = 0; e <= E_CPU; e++)
-      if (o->want[e] && run_speed(&d.speeds[e], runs_of(o, e), d.mach.cpus) != 0) failed = 1;
+      if (o->want[e] && run_speed(&d.speeds[e], runs_of(o, e), d.mach.cpus, d.files_cached) != 0)
+        failed = 1;
     demo_http_stop();
     demo_files_remove();
     if (o->want[E_MEMORY]) {

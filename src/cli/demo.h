@@ -168,4 +168,10 @@ int demo_claims_run(double seconds, demo_claims *out);
 /* Monotonic seconds. */
 double demo_now(void);
 
+/*
+ * Records the first failure of a measurement: when *error is 0 and `rc` is not, stores `rc` in
+ * *error and `text` in what[0..cap-1] (cut to fit). Returns rc.
+ */
+int demo_failed(int *error, char *what, size_t cap, int rc, const char *text);
+
 #endif /* TDM_CLI_DEMO_H */

@@ -308,11 +308,7 @@ static int pipe_rounds(void *ctx) {
 }
 
 static int ipc_fail(demo_ipc *out, int rc, const char *what) {
-  if (rc != 0 && out->error == 0) {
-    out->error = rc;
-    snprintf(out->what, sizeof out->what, "%s", what);
-  }
-  return rc;
+  return demo_failed(&out->error, out->what, sizeof out->what, rc, what);
 }
 
 int demo_ipc_run(int rounds, demo_ipc *out) {
@@ -378,11 +374,7 @@ static void gil_sleeper(void *arg) {
 }
 
 static int claims_fail(demo_claims *out, int rc, const char *what) {
-  if (rc != 0 && out->error == 0) {
-    out->error = rc;
-    snprintf(out->what, sizeof out->what, "%s", what);
-  }
-  return rc;
+  return demo_failed(&out->error, out->what, sizeof out->what, rc, what);
 }
 
 int demo_claims_run(double seconds, demo_claims *out) {

@@ -278,12 +278,16 @@ static int pool_task(tdm_task *task, const void *arg, size_t size) {
 
 /* ---- Methods -------------------------------------------------------------------------------- */
 
-static int fail(demo_result *r, int code, const char *what) {
-  if (r->error == 0) {
-    r->error = code;
-    snprintf(r->what, sizeof r->what, "%s", what);
+int demo_failed(int *error, char *what, size_t cap, int rc, const char *text) {
+  if (rc != 0 && *error == 0) {
+    *error = rc;
+    snprintf(what, cap, "%s", text);
   }
-  return code;
+  return rc;
+}
+
+static int fail(demo_result *r, int code, const char *what) {
+  return demo_failed(&r->error, r->what, sizeof r->what, code, what);
 }
 
 static int run_sequential(const demo_task *tasks, size_t n, uint64_t *values, demo_result *r) {

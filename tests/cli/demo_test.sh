@@ -38,6 +38,8 @@ grep -q "usage: tandem demo" "$work/out" || fail "help demo does not show the de
 expect 0 --version
 version=$(sed -n 's/^#define TDM_VERSION_STRING "\(.*\)"/\1/p' "$(dirname "$0")/../../include/tandem/base.h")
 [ "$(cat "$work/out")" = "tandem $version" ] || fail "--version says '$(cat "$work/out")', not 'tandem $version'"
+head -n 1 "$(dirname "$0")/../../man/tandem.1" | grep -q "\"tandem $version\"" ||
+  fail "man/tandem.1 does not carry version $version"
 expect 2 no-such-command
 expect 2 --no-such-option
 expect 2 help no-such-command
