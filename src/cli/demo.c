@@ -284,6 +284,8 @@ typedef struct speed {
   void (*before)(void);
   demo_result r[M_COUNT];
   char summary[768];
+  int setup_rc; /* the batch could not be prepared (its files, its server): not measured */
+  char setup_what[64];
 } speed;
 
 static double speedup(const speed *s, demo_method m) {
@@ -440,6 +442,15 @@ static int run_speed(speed *s, int runs, int cpus, double cached) {
   static demo_result one[M_COUNT][MAX_RUNS];
   double wall[M_COUNT][MAX_RUNS];
   int first = 0;
+  if (s->setup_rc != 0) {
+    for (int m = 0; m < M_COUNT; m++) {
+      s->r[m] = (demo_result){ .ran = true, .error = s->setup_rc };
+      snprintf(s->r[m].what, sizeof s->r[m].what, "%s", s->setup_what);
+    }
+    snprintf(s->summary, sizeof s->summary, "Not measured: %s failed (%s).", s->setup_what,
+             tdm_strerror(s->setup_rc));
+    return s->setup_rc;
+  }
   demo_result warm;
   if (s->before != NULL) s->before();
   demo_run(M_SEQ, s->tasks, s->expected, 1, 1, NULL, &warm);
@@ -566,20 +577,25 @@ static int setup(demo *d) {
                                  .index = (uint32_t)i,
                                  .bytes = (uint64_t)o->file_kib * 1024 };
     progress("io-file: writing %ld files of %ld KiB", o->io_tasks, o->file_kib);
-    if (rc == 0) rc = demo_files_create(s->tasks, s->n, (uint64_t)o->file_kib * 1024);
-    if (rc != 0) snprintf(d->setup_what, sizeof d->setup_what, "creating the files");
+    if (rc == 0) {
+      s->setup_rc = demo_files_create(s->tasks, s->n, (uint64_t)o->file_kib * 1024);
+      snprintf(s->setup_what, sizeof s->setup_what, "creating the files");
+    }
     demo_files_drop();
     d->files_cached = demo_files_cached();
     s->before = demo_files_drop;
-    snprintf(s->title, sizeof s->title, "%ld tasks, each reads a %ld KiB file from %s", o->io_tasks,
-             o->file_kib, demo_files_dir());
+    snprintf(s->title, sizeof s->title, "%ld tasks, each reads a %ld KiB file%s%s", o->io_tasks,
+             o->file_kib, s->setup_rc == 0 ? " from " : "",
+             s->setup_rc == 0 ? demo_files_dir() : "");
   }
   if (rc == 0 && o->want[E_HTTP]) {
     speed *s = &d->speeds[E_HTTP];
     uint16_t port = 0;
     rc = make_batch(s, E_HTTP, (size_t)o->io_tasks);
-    if (rc == 0) rc = demo_http_start(&port);
-    if (rc != 0) snprintf(d->setup_what, sizeof d->setup_what, "starting the HTTP server");
+    if (rc == 0) {
+      s->setup_rc = demo_http_start(&port);
+      snprintf(s->setup_what, sizeof s->setup_what, "starting the HTTP server");
+    }
     for (size_t i = 0; rc == 0 && i < s->n; i++)
       s->tasks[i] = (demo_task){ .kind = K_HTTP,
                                  .index = (uint32_t)i,
@@ -601,10 +617,10 @@ static int setup(demo *d) {
   }
   for (int e = 0; rc == 0 && e <= E_CPU; e++) {
     speed *s = &d->speeds[e];
-    for (size_t i = 0; i < s->n; i++)
+    for (size_t i = 0; s->setup_rc == 0 && i < s->n; i++)
       s->expected[i] = demo_expected(&s->tasks[i]);
   }
-  if (rc != 0 && d->setup_what[0] == '\0') snprintf(d->setup_what, sizeof d->setup_what, "setup");
+  if (rc != 0) snprintf(d->setup_what, sizeof d->setup_what, "setup");
   return rc;
 }
 
@@ -716,6 +732,10 @@ static void print_speed(const speed *s, int number) {
   snprintf(heading, sizeof heading, "%d. %s: %s", number, headings[s->id], s->title);
   printf("\n");
   wrap_hanging(heading, 0, 3);
+  if (s->setup_rc != 0) {
+    printf("   not measured: %s: %s\n", s->setup_what, tdm_strerror(s->setup_rc));
+    return;
+  }
   printf("   %-15s %10s %9s %9s   %s\n", "method", "wall", "speedup", "CPU/wall", "verdict");
   for (int m = 0; m < M_COUNT; m++) {
     const demo_result *r = &s->r[m];
@@ -771,7 +791,7 @@ static void print_text(const demo *d) {
         wrap(note, 3);
       }
     }
-    wrap(d->speeds[e].summary, 3);
+    if (d->speeds[e].setup_rc == 0) wrap(d->speeds[e].summary, 3);
   }
   if (o->want[E_MEMORY]) {
     printf("\n%d. Memory: a worker appends %ld items to a list; what does the parent see?\n",
@@ -1037,6 +1057,7 @@ int cli_demo_main(int argc, char **argv) {
   signal(SIGTERM, on_signal);
   signal(SIGHUP, on_signal);
   signal(SIGPIPE, SIG_IGN);
+  signal(SIGXFSZ, SIG_IGN); /* a file size limit fails the write (EFBIG), not the demo */
 
   int failed = 0;
   d.setup_rc = demo_run_init();

@@ -171,6 +171,16 @@ got=$?
 grep -q "failed:" "$work/out" || fail "no failed row under a descriptor limit: $(cat "$work/out")"
 grep -q "sequential .* 1.0x" "$work/out" || fail "the sequential run was lost: $(cat "$work/out")"
 
+# A file size limit: the files cannot be written, so that batch is not measured (its error
+# said), the other experiments still are, and no partial file is left.
+(ulimit -f 16 && exec "$bin" demo --experiments io-file,memory --io-tasks 2 --file-kib 64 \
+  --memory-items 10) >"$work/out" 2>"$work/err"
+got=$?
+[ "$got" -eq 1 ] || fail "a file size limit gave exit $got, not 1: $(cat "$work/out" "$work/err")"
+grep -q "not measured: creating the files: File too large" "$work/out" ||
+  fail "no 'not measured' line under a file size limit: $(cat "$work/out")"
+grep -q "parent sees 10" "$work/out" || fail "a failed batch stopped the other experiments"
+
 # ---- nothing left behind ----
 [ -z "$(ls -A "$TMPDIR")" ] || fail "files left in TMPDIR: $(ls -A "$TMPDIR")"
 # Ctrl-C while the files exist and the server runs: the files go, and so do the children.
