@@ -2136,6 +2136,37 @@ TEST_T(auto_sizes_itself_to_the_work, 180) {
   CHECK_OK(tdm_pool_close(p));
 }
 
+static atomic_bool hog_stop;
+
+/* Keeps a CPU busy until hog_stop: another program's load, as far as the pool can tell. */
+static void hog(void *arg) {
+  (void)arg;
+  volatile uint64_t x = 1;
+  while (!atomic_load_explicit(&hog_stop, memory_order_relaxed))
+    for (int i = 0; i < 1000; i++)
+      x = x * 6364136223846793005u + 1;
+}
+
+/* CPU-bound tasks on a machine that other work keeps busy get a share of a CPU, so their CPU
+ * time trails their wall time; that is waiting for a CPU, not for I/O, and auto must still
+ * call the work CPU-bound and keep about one worker per CPU rather than add more. */
+TEST_T(auto_is_not_fooled_by_a_busy_machine, 180) {
+  board_new(0);
+  unsigned cpus = (unsigned)tdm_cpu_count();
+  enum { MAX_HOGS = 64 };
+  unsigned n = 3 * cpus < MAX_HOGS ? 3 * cpus : MAX_HOGS;
+  tdm_thread *h[MAX_HOGS];
+  tdm_pool *p = open_n(&cfg_auto, 0);
+  atomic_store(&hog_stop, false);
+  for (unsigned i = 0; i < n; i++)
+    CHECK_OK(tdm_thread_start(&h[i], hog, NULL, NULL));
+  run_until_measured(p, t_spin, job_aux(-1, 0, TDM_MS(10)), cpus, true, at_most_cpus);
+  atomic_store(&hog_stop, true);
+  for (unsigned i = 0; i < n; i++)
+    CHECK_OK(tdm_thread_join(h[i], TDM_FOREVER));
+  CHECK_OK(tdm_pool_close(p));
+}
+
 /* Fixed pools: the same measure, their size as the target. */
 TEST_T(fixed_pools_measure_and_keep_their_size, 120) {
   board_new(0);

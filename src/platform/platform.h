@@ -154,6 +154,21 @@ bool tdm__tid_was_mine(int32_t tid);
 bool tdm__is_main_thread(void);
 
 /*
+ * Opens the scheduler's statistics of thread `tid` of the calling process, for
+ * tdm__sched_wait_ns(). Returns a descriptor (close-on-exec; the caller closes it) or a negative
+ * errno: -ENOENT when the thread is gone or the kernel keeps no such statistics.
+ */
+int tdm__sched_open(int32_t tid);
+
+/*
+ * Reads, from a descriptor of tdm__sched_open(), how long the thread has spent runnable but
+ * waiting for a CPU, in nanoseconds, since it started. The kernel adds a wait when the thread
+ * gets the CPU back, so a wait in progress is not counted yet. Returns the total or a negative
+ * errno (-ESRCH once the thread has ended).
+ */
+int64_t tdm__sched_wait_ns(int fd);
+
+/*
  * Sets the calling thread's OS-visible name to `name`, truncated to the kernel's limit
  * (15 bytes) without splitting a UTF-8 character. Best effort: errors are ignored.
  */

@@ -37,16 +37,19 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "platform/platform.h"
 #include "pool/pool.h"
 
-#define RING_CAP       8192u
-#define SPIN_NS        20000                 /* an idle worker spins this long before it sleeps */
-#define AUTO_TICK_NS   250000                /* auto: sampling period while work waits */
-#define AUTO_IDLE_NS   ((int64_t)1000000000) /* auto: an idle worker above target ends after */
-#define GRAINS_EACH    64u                   /* map: grains per participant */
-#define AUTO_LINGER_NS ((int64_t)100000000)  /* auto: keep ticking this long after work */
+#define RING_CAP        8192u
+#define SPIN_NS         20000                 /* an idle worker spins this long before it sleeps */
+#define AUTO_TICK_NS    250000                /* auto: sampling period while work waits */
+#define AUTO_IDLE_NS    ((int64_t)1000000000) /* auto: an idle worker above target ends after */
+#define GRAINS_EACH     64u                   /* map: grains per participant */
+#define AUTO_LINGER_NS  ((int64_t)100000000)  /* auto: keep ticking this long after work */
+#define SCHED_EVERY     8                     /* auto: run-queue statistics every this many ticks */
+#define SCHED_WINDOW_NS ((int64_t)10000000)   /* auto: busy time over which they are summed */
 
 /* Zeroed memory aligned to a cache line (the pool's hot words are _Alignas(64), which malloc
  * does not promise); *base is what to free. */
@@ -142,9 +145,13 @@ struct worker {
   _Atomic int64_t deadline; /* of the current task; TDM__NEVER for none */
   _Atomic bool busy;
   _Atomic uint64_t tasks, busy_ns, cpu_ns;
-  /* auto: the supervisor's last sample of this worker */
+  /* auto: the supervisor's last sample of this worker (under pool mu) */
   int64_t sample_cpu;
   bool sample_busy;
+  int sched_fd;        /* the thread's scheduler statistics (tdm__sched_open()), or -1 */
+  int32_t sched_tid;   /* the thread sched_fd describes */
+  int64_t sample_wait; /* its run-queue wait at the last statistics round; -1: none */
+  int64_t sample_wait_at;
 };
 
 struct job;
@@ -185,7 +192,12 @@ struct tpool {
   int64_t last_tick;
   int64_t last_work; /* auto: when the supervisor last saw work waiting or running */
   bool sampled;      /* auto: util_ppm holds a measure, not the initial guess */
-  bool opened;       /* open has returned: a failing initializer now breaks the pool; mu */
+  /* auto, under mu: busy workers' run-queue wait and wall time since the last window, and the
+   * share of busy time spent waiting for a CPU that the last window measured */
+  unsigned ticks;
+  int64_t win_wait, win_wall;
+  double runq_share;
+  bool opened; /* open has returned: a failing initializer now breaks the pool; mu */
   tdm_pool *pool;
 };
 
@@ -740,6 +752,7 @@ static int start_worker(struct tpool *t) {
   atomic_store(&w->busy_ns, 0);
   atomic_store(&w->cpu_ns, 0);
   w->sample_busy = false;
+  w->sample_wait = -1;
   int r = create_thread(&w->thread, false, worker_main, w);
   if (r != 0) {
     w->used = false;
@@ -770,13 +783,47 @@ static void expire(struct worker *w, int64_t now) {
 }
 
 /*
+ * Every SCHED_EVERY ticks, reads how long busy worker w has waited on the run queue (runnable,
+ * but without a CPU) and adds it to the window. The kernel accounts a wait only when the thread
+ * gets a CPU back, so one round can see none of a wait in progress and the next all of it: the
+ * share is measured over a window of at least SCHED_WINDOW_NS of busy time, not per tick.
+ */
+static void sample_runq(struct tpool *t, struct worker *w, bool is_busy, int64_t now) {
+  int64_t wait = -1;
+  int32_t tid = atomic_load(&w->tid);
+  if (is_busy && tid != 0) {
+    if (w->sched_fd >= 0 && w->sched_tid != tid) {
+      close(w->sched_fd);
+      w->sched_fd = -1;
+    }
+    if (w->sched_fd < 0) {
+      int fd = tdm__sched_open(tid);
+      if (fd >= 0) {
+        w->sched_fd = fd;
+        w->sched_tid = tid;
+      }
+    }
+    if (w->sched_fd >= 0) wait = tdm__sched_wait_ns(w->sched_fd);
+  }
+  if (wait >= 0 && w->sample_wait >= 0 && wait >= w->sample_wait) {
+    t->win_wait += wait - w->sample_wait;
+    t->win_wall += now - w->sample_wait_at;
+  }
+  w->sample_wait = wait < 0 ? -1 : wait;
+  w->sample_wait_at = now;
+}
+
+/*
  * TDM_POOL_AUTO. Every tick while tasks wait, the supervisor reads the CPU clock of each
- * worker that was busy through the whole tick: u = CPU time / (wall time x min(busy, cpus)).
- * Dividing by min(busy, cpus) rather than busy keeps CPU-bound work at u = 1 when there are
- * more busy threads than cores, so oversubscription never looks like waiting. u is smoothed,
- * and the target is cpus / u (cpus for CPU-bound work, the cap for work that mostly sleeps),
- * at least cpus and at most the cap. Workers are added, up to the target, as long as tasks
- * wait; a worker idle for a second above the target ends.
+ * worker that was busy through the whole tick: u = CPU time / (wall time x min(busy, cpus)
+ * x (1 - q)). Dividing by min(busy, cpus) rather than busy keeps CPU-bound work at u = 1 when
+ * there are more busy threads than cores, so oversubscription never looks like waiting. q is
+ * the share of the busy workers' time spent waiting for a CPU (the scheduler's run-queue delay,
+ * measured over a window; 0 where the kernel does not say): on a machine that other programs
+ * keep busy, CPU-bound tasks get part of a CPU, and without q that would read as waiting for
+ * I/O. u is smoothed, and the target is cpus / u (cpus for CPU-bound work, the cap for work
+ * that mostly sleeps), at least cpus and at most the cap. Workers are added, up to the target,
+ * as long as tasks wait; a worker idle for a second above the target ends.
  */
 static int64_t auto_tick(struct tpool *t, int64_t now) {
   unsigned cpus = (unsigned)tdm_cpu_count();
@@ -784,6 +831,7 @@ static int64_t auto_tick(struct tpool *t, int64_t now) {
   int64_t cpu_sum = 0;
   unsigned busy = 0;
   pthread_mutex_lock(&t->mu);
+  bool sched_round = ++t->ticks % SCHED_EVERY == 0;
   for (unsigned i = 0; i < t->cap; i++) {
     struct worker *w = &t->w[i];
     if (!w->used) continue;
@@ -799,9 +847,16 @@ static int64_t auto_tick(struct tpool *t, int64_t now) {
     }
     w->sample_busy = is_busy && cpu >= 0;
     w->sample_cpu = cpu;
+    if (sched_round) sample_runq(t, w, is_busy, now);
+  }
+  if (t->win_wall >= SCHED_WINDOW_NS) {
+    double q = (double)t->win_wait / (double)t->win_wall;
+    t->runq_share = q < 0 ? 0 : q > 0.9 ? 0.9 : q;
+    t->win_wait = t->win_wall = 0;
   }
   if (busy > 0 && wall > 0 && t->last_tick > 0) {
-    double u = (double)cpu_sum / ((double)wall * (double)(busy < cpus ? busy : cpus));
+    double u = (double)cpu_sum /
+               ((double)wall * (double)(busy < cpus ? busy : cpus) * (1 - t->runq_share));
     if (u > 1) u = 1;
     /* The first sample stands alone: the initial guess (CPU-bound) must not slow the growth. */
     double old = t->sampled ? atomic_load(&t->util_ppm) / 1e6 : u;
@@ -878,8 +933,10 @@ static void *supervise(void *arg) {
 /* ---- The table ------------------------------------------------------------------------------- */
 
 static void free_state(struct tpool *t) {
-  for (unsigned i = 0; i < t->cap; i++)
+  for (unsigned i = 0; i < t->cap; i++) {
     pthread_mutex_destroy(&t->w[i].mu);
+    if (t->w[i].sched_fd >= 0) close(t->w[i].sched_fd);
+  }
   pthread_mutex_destroy(&t->mu);
   pthread_mutex_destroy(&t->omu);
   pthread_cond_destroy(&t->cv);
@@ -928,6 +985,8 @@ static int open_(tdm_pool *p) {
   for (unsigned i = 0; i < t->cap; i++) {
     pthread_mutex_init(&t->w[i].mu, NULL);
     t->w[i].t = t;
+    t->w[i].sched_fd = -1;
+    t->w[i].sample_wait = -1;
     atomic_init(&t->w[i].deadline, TDM__NEVER);
   }
   t->is_auto = p->opt.backend == TDM_POOL_AUTO;

@@ -9,8 +9,10 @@
  * runs before any other child handler of tandem's that might take a lock.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -23,6 +25,25 @@ __thread int32_t tdm__tid_tls TDM__TLS_IE;
 int32_t tdm__tid_lookup(void) {
   tdm__tid_tls = (int32_t)syscall(SYS_gettid);
   return tdm__tid_tls;
+}
+
+int tdm__sched_open(int32_t tid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/task/%d/schedstat", (int)tid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  return fd >= 0 ? fd : -errno;
+}
+
+int64_t tdm__sched_wait_ns(int fd) {
+  /* "<time on a CPU> <time waiting for one> <time slices>", in ns (Documentation/scheduler/
+   * sched-stats.rst). */
+  char buf[96];
+  ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+  if (n < 0) return -errno;
+  buf[n] = '\0';
+  unsigned long long run, wait;
+  if (sscanf(buf, "%llu %llu", &run, &wait) != 2) return -EINVAL;
+  return (int64_t)wait;
 }
 
 bool tdm__is_main_thread(void) {
