@@ -40,7 +40,7 @@ import multiprocessing
 import os
 import time
 
-from peerlib import options, report, start_together, unknown
+from peerlib import options, run_workloads, start_together
 
 now = time.monotonic_ns  # CLOCK_MONOTONIC: comparable between processes
 MP = multiprocessing.get_context("fork")
@@ -276,14 +276,7 @@ def peers_of(key):
 
 
 def main():
-    args = options(__doc__)
-    for key in args.workloads:
-        peers = peers_of(key)
-        if peers is None:
-            unknown(key)
-            continue
-        for impl, run, iters, goal in peers:
-            report(key, impl, run, iters, args, goal=goal)
+    run_workloads(options(__doc__), peers_of)
 
 
 if __name__ == "__main__":

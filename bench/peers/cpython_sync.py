@@ -19,7 +19,7 @@ import threading
 import time
 import types
 
-from peerlib import options, report, start_together, unknown
+from peerlib import options, run_workloads, start_together
 
 now = time.monotonic_ns  # CLOCK_MONOTONIC: comparable between processes
 MP = multiprocessing.get_context("fork")
@@ -249,15 +249,16 @@ def lookup(key):
     return None
 
 
+def peers_of(key):
+    found = lookup(key)
+    if found is None:
+        return None
+    impl, run, iters = found
+    return [("CPython " + impl, run, iters, None)]
+
+
 def main():
-    args = options(__doc__)
-    for key in args.workloads:
-        found = lookup(key)
-        if found is None:
-            unknown(key)
-            continue
-        impl, run, iters = found
-        report(key, "CPython " + impl, run, iters, args)
+    run_workloads(options(__doc__), peers_of)
 
 
 if __name__ == "__main__":

@@ -72,3 +72,15 @@ def start_together(procs, ready, go, now):
 
 def unknown(key):
     emit({"workload": key, "impl": "CPython", "error": "no CPython peer for this workload"})
+
+
+def run_workloads(args, peers_of):
+    """Reports every workload asked for: peers_of(key) gives its peers as (impl, run, iters,
+    goal) tuples, or None when this script has none for it."""
+    for key in args.workloads:
+        peers = peers_of(key)
+        if peers is None:
+            unknown(key)
+            continue
+        for impl, run, iters, goal in peers:
+            report(key, impl, run, iters, args, goal=goal)

@@ -20,6 +20,7 @@
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,8 +40,7 @@ static const char *const exp_keys[E_COUNT] = { "io-sleep", "io-file", "io-http",
 
 typedef struct options {
   bool want[E_COUNT];
-  long io_tasks, io_ms, file_kib, http_kib, cpu_tasks, memory_items, ipc_rounds, runs;
-  unsigned long long cpu_n;
+  long io_tasks, io_ms, file_kib, http_kib, cpu_tasks, memory_items, ipc_rounds, runs, cpu_n;
   double claim_s;
   bool json;
   const char *svg;
@@ -80,8 +80,13 @@ static void usage(FILE *f) {
           "options. The defaults finish in about 15 s on 2 CPUs.\n");
 }
 
-static int bad(const char *what) {
-  fprintf(stderr, "tandem demo: %s\n", what);
+__attribute__((format(printf, 1, 2))) static int bad(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "tandem demo: ");
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n");
+  va_end(ap);
   usage(stderr);
   return 2;
 }
@@ -118,6 +123,30 @@ static bool parse_experiments(const char *list, bool want[E_COUNT]) {
   }
   if (want[E_CLAIMS]) want[E_CPU] = true; /* claim 2 is read off the CPU experiment */
   return any;
+}
+
+/* The options that take a whole number, its range, and where it goes. */
+static const struct numeric {
+  int key;
+  const char *name;
+  long lo, hi;
+  size_t offset;
+} numerics[] = {
+  { 'r', "runs", 1, 50, offsetof(options, runs) },
+  { 'i', "io-tasks", 1, 256, offsetof(options, io_tasks) },
+  { 'w', "io-ms", 0, 10000, offsetof(options, io_ms) },
+  { 'f', "file-kib", 1, 1 << 20, offsetof(options, file_kib) },
+  { 'H', "http-kib", 1, 1 << 20, offsetof(options, http_kib) },
+  { 'c', "cpu-tasks", 1, 256, offsetof(options, cpu_tasks) },
+  { 'n', "cpu-n", 1, 4000000000L, offsetof(options, cpu_n) },
+  { 'm', "memory-items", 1, 1000000, offsetof(options, memory_items) },
+  { 'p', "ipc-rounds", 1, 1000000, offsetof(options, ipc_rounds) },
+};
+
+static const struct numeric *numeric_option(int key) {
+  for (size_t i = 0; i < sizeof numerics / sizeof numerics[0]; i++)
+    if (numerics[i].key == key) return &numerics[i];
+  return NULL;
 }
 
 /* Returns 0, or 2 after printing the usage (or 1 for --help, which printed it on stdout). */
@@ -157,15 +186,11 @@ static int parse(int argc, char **argv, options *o) {
   optind = 1;
   int c;
   while ((c = getopt_long(argc, argv, ":e:r:h", longopts, NULL)) != -1) {
-    long v;
     switch (c) {
     case 'e':
       if (!parse_experiments(optarg, o->want))
         return bad("--experiments takes a list of: io-sleep, io-file, io-http, io, cpu, memory, "
                    "ipc, claims, all");
-      break;
-    case 'r':
-      if (!parse_long(optarg, 1, 50, &o->runs)) return bad("--runs takes a number from 1 to 50");
       break;
     case 'j':
       o->json = true;
@@ -173,39 +198,6 @@ static int parse(int argc, char **argv, options *o) {
     case 's':
       if (*optarg == '\0') return bad("--svg takes a file name");
       o->svg = optarg;
-      break;
-    case 'i':
-      if (!parse_long(optarg, 1, 256, &o->io_tasks))
-        return bad("--io-tasks takes a number from 1 to 256");
-      break;
-    case 'w':
-      if (!parse_long(optarg, 0, 10000, &o->io_ms))
-        return bad("--io-ms takes a number from 0 to 10000");
-      break;
-    case 'f':
-      if (!parse_long(optarg, 1, 1 << 20, &o->file_kib))
-        return bad("--file-kib takes a number from 1 to 1048576");
-      break;
-    case 'H':
-      if (!parse_long(optarg, 1, 1 << 20, &o->http_kib))
-        return bad("--http-kib takes a number from 1 to 1048576");
-      break;
-    case 'c':
-      if (!parse_long(optarg, 1, 256, &o->cpu_tasks))
-        return bad("--cpu-tasks takes a number from 1 to 256");
-      break;
-    case 'n':
-      if (!parse_long(optarg, 1, 4000000000L, &v))
-        return bad("--cpu-n takes a number from 1 to 4000000000");
-      o->cpu_n = (unsigned long long)v;
-      break;
-    case 'm':
-      if (!parse_long(optarg, 1, 1000000, &o->memory_items))
-        return bad("--memory-items takes a number from 1 to 1000000");
-      break;
-    case 'p':
-      if (!parse_long(optarg, 1, 1000000, &o->ipc_rounds))
-        return bad("--ipc-rounds takes a number from 1 to 1000000");
       break;
     case 'C': {
       char *end;
@@ -224,23 +216,17 @@ static int parse(int argc, char **argv, options *o) {
     case 'h':
       usage(stdout);
       return 1;
-    case ':': {
-      char msg[96];
-      snprintf(msg, sizeof msg, "option '%s' needs a value", argv[optind - 1]);
-      return bad(msg);
-    }
+    case ':':
+      return bad("option '%s' needs a value", argv[optind - 1]);
     default: {
-      char msg[96];
-      snprintf(msg, sizeof msg, "unknown option '%s'", argv[optind - 1]);
-      return bad(msg);
+      const struct numeric *num = numeric_option(c);
+      if (num == NULL) return bad("unknown option '%s'", argv[optind - 1]);
+      if (!parse_long(optarg, num->lo, num->hi, (long *)((char *)o + num->offset)))
+        return bad("--%s takes a number from %ld to %ld", num->name, num->lo, num->hi);
     }
     }
   }
-  if (optind < argc) {
-    char msg[96];
-    snprintf(msg, sizeof msg, "unexpected argument '%s'", argv[optind]);
-    return bad(msg);
-  }
+  if (optind < argc) return bad("unexpected argument '%s'", argv[optind]);
   if (o->progress < 0) o->progress = isatty(STDERR_FILENO);
   return 0;
 }
@@ -444,7 +430,7 @@ static int run_speed(speed *s, int runs, int cpus, double cached) {
   int first = 0;
   if (s->setup_rc != 0) {
     for (int m = 0; m < M_COUNT; m++) {
-      s->r[m] = (demo_result){ .ran = true, .error = s->setup_rc };
+      s->r[m] = (demo_result){ .error = s->setup_rc };
       snprintf(s->r[m].what, sizeof s->r[m].what, "%s", s->setup_what);
     }
     snprintf(s->summary, sizeof s->summary, "Not measured: %s failed (%s).", s->setup_what,
@@ -453,14 +439,14 @@ static int run_speed(speed *s, int runs, int cpus, double cached) {
   }
   demo_result warm;
   if (s->before != NULL) s->before();
-  demo_run(M_SEQ, s->tasks, s->expected, 1, 1, NULL, &warm);
+  demo_run(M_SEQ, s->tasks, s->expected, 1, NULL, &warm);
   for (int k = 0; k < runs; k++) {
     for (int j = 0; j < M_COUNT; j++) {
       int m = (j + k) % M_COUNT;
       if (s->r[m].error != 0) continue;
       progress("%s: %s (run %d of %d)", exp_keys[s->id], demo_method_name((demo_method)m), k + 1,
                runs);
-      int rc = demo_run((demo_method)m, s->tasks, s->expected, s->n, 1, s->before, &one[m][k]);
+      int rc = demo_run((demo_method)m, s->tasks, s->expected, s->n, s->before, &one[m][k]);
       if (rc != 0) {
         s->r[m] = one[m][k];
         if (first == 0) first = rc;
@@ -611,8 +597,8 @@ static int setup(demo *d) {
     speed *s = &d->speeds[E_CPU];
     rc = make_batch(s, E_CPU, (size_t)o->cpu_tasks);
     for (size_t i = 0; rc == 0 && i < s->n; i++)
-      s->tasks[i] = (demo_task){ .kind = K_SUM, .index = (uint32_t)i, .n = o->cpu_n };
-    snprintf(s->title, sizeof s->title, "%ld tasks, each sums the numbers below %llu", o->cpu_tasks,
+      s->tasks[i] = (demo_task){ .kind = K_SUM, .index = (uint32_t)i, .n = (uint64_t)o->cpu_n };
+    snprintf(s->title, sizeof s->title, "%ld tasks, each sums the numbers below %ld", o->cpu_tasks,
              o->cpu_n);
   }
   for (int e = 0; rc == 0 && e <= E_CPU; e++) {
@@ -644,7 +630,6 @@ static void judge_claims(demo *d) {
   const speed *cpu = &d->speeds[E_CPU];
   double gil = speedup(cpu, M_GIL), thr = speedup(cpu, M_THREADS);
   bool gil_holds = gil < 1.25, c_holds = thr < 1.25;
-  k->holds = gil_holds && c_holds;
   snprintf(
       k->why, sizeof k->why,
       "%s under the GIL model (%.1fx for %zu tasks) and %s for C threads (%.1fx on %d CPU%s)%s.",

@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "tandem.h"
 
@@ -61,10 +62,9 @@ static inline uint8_t demo_byte(uint32_t index, uint64_t off) {
 
 /* One method's measurement of a batch. */
 typedef struct demo_result {
-  bool ran;
   int error;             /* 0, or why it failed (a tandem or errno code) */
   char what[96];         /* the call or check that failed */
-  int runs;              /* timed runs; wall_s is their median */
+  int runs;              /* timed runs that succeeded; wall_s is their median */
   double wall_s;         /* seconds, from before the workers start to after they are gone */
   double cpu_s;          /* CPU seconds of the process and its reaped children in that run */
   bool auto_cpu;         /* M_AUTO: its verdict, CPU-bound */
@@ -80,12 +80,12 @@ int demo_run_init(void);
 void demo_run_fini(void);
 
 /*
- * Runs the batch tasks[0..n-1] with method `m`, `runs` times, and fills *r (the median run).
- * Each task's value must be expected[i] (demo_expected()), or the run fails with -EPROTO.
- * Before each run, `before` (if not NULL) is called, outside the timing (dropping the files
- * from the page cache). Returns 0, or the first error (also in r->error).
+ * Runs the batch tasks[0..n-1] once with method `m` and fills *r. Each task's value must be
+ * expected[i] (demo_expected()), or the run fails with -EPROTO. First `before` (if not NULL)
+ * is called, outside the timing (dropping the files from the page cache). Returns 0, or the
+ * first error (also in r->error).
  */
-int demo_run(demo_method m, const demo_task *tasks, const uint64_t *expected, size_t n, int runs,
+int demo_run(demo_method m, const demo_task *tasks, const uint64_t *expected, size_t n,
              void (*before)(void), demo_result *r);
 
 /* ---- The loopback HTTP server and the files ------------------------------------------------ */
@@ -151,7 +151,6 @@ int demo_ipc_run(int rounds, demo_ipc *out);
 /* The claim "four threads that each sleep S take 4 S because of the GIL". */
 typedef struct demo_claims {
   double seconds;        /* S, the length of a task */
-  int threads;           /* 4 */
   double gil_sleep_s;    /* measured: four GIL-model threads that each sleep S */
   int cpus;              /* tdm_cpu_count() */
   unsigned pool_workers; /* a default process pool's workers */
@@ -164,6 +163,14 @@ typedef struct demo_claims {
 
 /* Measures what the claims need (claim 2 uses the CPU experiment). */
 int demo_claims_run(double seconds, demo_claims *out);
+
+/* Copies a child's or a task's argument bytes into `out` when there are exactly `want` of them
+ * (they are copied rather than cast: nothing promises their alignment). */
+static inline bool demo_unpack(void *out, size_t want, const void *arg, size_t size) {
+  if (size != want) return false;
+  memcpy(out, arg, want);
+  return true;
+}
 
 /* Monotonic seconds. */
 double demo_now(void);

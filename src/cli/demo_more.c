@@ -44,8 +44,7 @@ static void thread_append(void *arg) {
 
 static int process_append(void *arg, size_t size) {
   long items;
-  if (size != sizeof items) return 2;
-  memcpy(&items, arg, sizeof items);
+  if (!demo_unpack(&items, sizeof items, arg, size)) return 2;
   append_items(items);
   return 0;
 }
@@ -58,8 +57,7 @@ struct shared_args {
 /* Element 0 of the shared array is the length; items go after it. */
 static int shm_append(void *arg, size_t size) {
   struct shared_args a;
-  if (size != sizeof a) return 2;
-  memcpy(&a, arg, sizeof a);
+  if (!demo_unpack(&a, sizeof a, arg, size)) return 2;
   tdm_shm *seg;
   if (tdm_shm_attach_fd(&seg, a.fd, 0) != 0) return 3;
   tdm_array *arr = tdm_array_check(tdm_shm_addr(seg), TDM_TYPE_I64);
@@ -75,8 +73,7 @@ static int shm_append(void *arg, size_t size) {
 
 static int queue_append(void *arg, size_t size) {
   struct shared_args a;
-  if (size != sizeof a) return 2;
-  memcpy(&a, arg, sizeof a);
+  if (!demo_unpack(&a, sizeof a, arg, size)) return 2;
   tdm_queue *q;
   if (tdm_queue_attach_fd(&q, a.fd) != 0) return 3;
   int rc = 0;
@@ -211,8 +208,7 @@ struct ipc_args {
 
 static int queue_echo(void *arg, size_t size) {
   struct ipc_args a;
-  if (size != sizeof a) return 2;
-  memcpy(&a, arg, sizeof a);
+  if (!demo_unpack(&a, sizeof a, arg, size)) return 2;
   tdm_queue *down, *up;
   if (tdm_queue_attach_fd(&down, a.down) != 0) return 3;
   if (tdm_queue_attach_fd(&up, a.up) != 0) return 3;
@@ -233,8 +229,7 @@ static int queue_echo(void *arg, size_t size) {
 
 static int pipe_echo(void *arg, size_t size) {
   struct ipc_args a;
-  if (size != sizeof a) return 2;
-  memcpy(&a, arg, sizeof a);
+  if (!demo_unpack(&a, sizeof a, arg, size)) return 2;
   tdm_conn *c;
   if (tdm_conn_open_fd(&c, a.down, NULL) != 0) return 3;
   int rc = 0;
@@ -380,7 +375,6 @@ static int claims_fail(demo_claims *out, int rc, const char *what) {
 int demo_claims_run(double seconds, demo_claims *out) {
   memset(out, 0, sizeof *out);
   out->seconds = seconds;
-  out->threads = 4;
   out->cpus = tdm_cpu_count();
   out->pool_workers = (unsigned)out->cpus; /* a process pool's default size (pool.h) */
   int64_t ns = (int64_t)(seconds * 1e9);
@@ -405,12 +399,12 @@ int demo_claims_run(double seconds, demo_claims *out) {
     expected[i] = demo_expected(&tasks[i]);
   }
   demo_result r;
-  rc = demo_run(M_DEFAULT_PROCS, tasks, expected, 4, 1, NULL, &r);
+  rc = demo_run(M_DEFAULT_PROCS, tasks, expected, 4, NULL, &r);
   if (claims_fail(out, rc, "default pool, sleeping tasks") != 0) return rc;
   out->pool_sleep_s = r.wall_s;
   for (uint32_t i = 0; i < 4; i++)
     tasks[i].kind = K_BURN;
-  rc = demo_run(M_DEFAULT_PROCS, tasks, expected, 4, 1, NULL, &r);
+  rc = demo_run(M_DEFAULT_PROCS, tasks, expected, 4, NULL, &r);
   if (claims_fail(out, rc, "default pool, computing tasks") != 0) return rc;
   out->pool_cpu_s = r.wall_s;
 

@@ -268,8 +268,7 @@ uint64_t demo_expected(const demo_task *t) {
 /* A pool task: the demo_task's bytes in, its value out. Fails with the (positive) error. */
 static int pool_task(tdm_task *task, const void *arg, size_t size) {
   demo_task t;
-  if (size != sizeof t) return EINVAL;
-  memcpy(&t, arg, sizeof t);
+  if (!demo_unpack(&t, sizeof t, arg, size)) return EINVAL;
   uint64_t v = 0;
   int rc = run_task(&t, &v);
   if (rc != 0) return -rc;
@@ -358,59 +357,37 @@ static double cpu_seconds(void) {
              1e6;
 }
 
-int demo_run(demo_method m, const demo_task *batch, const uint64_t *expected, size_t n, int runs,
+int demo_run(demo_method m, const demo_task *batch, const uint64_t *expected, size_t n,
              void (*before)(void), demo_result *r) {
   memset(r, 0, sizeof *r);
-  r->ran = true;
   demo_task *tasks = calloc(n, sizeof *tasks);
   uint64_t *values = calloc(n, sizeof *values);
-  double *wall = calloc((size_t)runs, sizeof *wall), *cpu = calloc((size_t)runs, sizeof *cpu);
-  if (tasks == NULL || values == NULL || wall == NULL || cpu == NULL) {
+  if (tasks == NULL || values == NULL) {
     fail(r, -ENOMEM, "calloc");
     goto out;
   }
   memcpy(tasks, batch, n * sizeof *tasks);
   for (size_t i = 0; i < n; i++)
     tasks[i].gil = m == M_GIL;
-  for (int k = 0; k < runs; k++) {
-    if (before != NULL) before();
-    memset(values, 0, n * sizeof *values);
-    uint64_t switches = tdm_gil_switches(&demo_gil);
-    double c0 = cpu_seconds(), t0 = demo_now();
-    int rc = m == M_SEQ ? run_sequential(tasks, n, values, r) : run_pool(m, tasks, n, values, r);
-    wall[k] = demo_now() - t0;
-    cpu[k] = cpu_seconds() - c0;
-    r->gil_switches = tdm_gil_switches(&demo_gil) - switches;
-    if (rc != 0) goto out;
-    for (size_t i = 0; i < n; i++) {
-      if (values[i] != expected[i]) {
-        char what[96];
-        snprintf(what, sizeof what, "task %zu gave %llu, not %llu", i,
-                 (unsigned long long)values[i], (unsigned long long)expected[i]);
-        fail(r, -EPROTO, what);
-        goto out;
-      }
-    }
-    r->runs++;
-  }
-  /* The median run by wall time, and that run's CPU time. */
-  for (int k = 0; k < runs; k++) {
-    int below = 0, equal = 0;
-    for (int j = 0; j < runs; j++) {
-      below += wall[j] < wall[k];
-      equal += wall[j] == wall[k];
-    }
-    if (below <= (runs - 1) / 2 && below + equal > (runs - 1) / 2) {
-      r->wall_s = wall[k];
-      r->cpu_s = cpu[k];
-      break;
+  if (before != NULL) before();
+  uint64_t switches = tdm_gil_switches(&demo_gil);
+  double c0 = cpu_seconds(), t0 = demo_now();
+  int rc = m == M_SEQ ? run_sequential(tasks, n, values, r) : run_pool(m, tasks, n, values, r);
+  r->wall_s = demo_now() - t0;
+  r->cpu_s = cpu_seconds() - c0;
+  r->gil_switches = tdm_gil_switches(&demo_gil) - switches;
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    if (values[i] != expected[i]) {
+      char what[96];
+      snprintf(what, sizeof what, "task %zu gave %llu, not %llu", i, (unsigned long long)values[i],
+               (unsigned long long)expected[i]);
+      rc = fail(r, -EPROTO, what);
     }
   }
+  if (rc == 0) r->runs = 1;
 out:
   free(tasks);
   free(values);
-  free(wall);
-  free(cpu);
   return r->error;
 }
 
@@ -488,8 +465,7 @@ static bool http_step(hconn *c, uint8_t *buf) {
 
 static int http_serve(void *arg, size_t size) {
   int lfd;
-  if (size != sizeof lfd) return 2;
-  memcpy(&lfd, arg, sizeof lfd);
+  if (!demo_unpack(&lfd, sizeof lfd, arg, size)) return 2;
   static hconn conns[MAX_CONNS];
   static struct pollfd pfd[MAX_CONNS + 1];
   static uint8_t buf[65536];

@@ -120,19 +120,19 @@ static void xml_text(FILE *f, const char *s) {
   }
 }
 
-/* The index of the first bar of `series`' name, which picks its colour. */
-static size_t series_colour(const cli_chart *c, size_t i) {
-  size_t k = 0;
-  for (size_t j = 0; j < i; j++) {
-    bool seen = false;
-    for (size_t m = 0; m < j; m++)
-      seen = seen || strcmp(c->bars[m].series, c->bars[j].series) == 0;
-    if (!seen) {
-      if (strcmp(c->bars[j].series, c->bars[i].series) == 0) return k;
-      k++;
+/* Gives each bar the colour of its series: series are numbered in order of first appearance. */
+static void series_colours(const cli_chart *c, size_t *colour) {
+  size_t next = 0;
+  for (size_t i = 0; i < c->n; i++) {
+    colour[i] = next;
+    for (size_t j = 0; j < i; j++) {
+      if (strcmp(c->bars[j].series, c->bars[i].series) == 0) {
+        colour[i] = colour[j];
+        break;
+      }
     }
+    if (colour[i] == next) next++;
   }
-  return k;
 }
 
 static bool same_group(const cli_chart *c, size_t i, size_t j) {
@@ -145,6 +145,9 @@ static bool group_starts(const cli_chart *c, size_t i) {
 }
 
 int cli_chart_write(const cli_chart *c, FILE *f) {
+  size_t *colour = malloc((c->n ? c->n : 1) * sizeof *colour);
+  if (colour == NULL) return -ENOMEM;
+  series_colours(c, colour);
   size_t groups = 0;
   for (size_t i = 0; i < c->n; i++)
     groups += group_starts(c, i);
@@ -190,7 +193,7 @@ int cli_chart_write(const cli_chart *c, FILE *f) {
     if (w > 0 && w < 1) w = 1; /* a bar too short to see still shows */
     if (b->value >= 0 && isfinite(b->value)) {
       fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%.1f\" height=\"%d\" fill=\"%s\"/>\n", LABEL_W,
-              y + 3, w, BAR_H, palette[series_colour(c, i) % (sizeof palette / sizeof *palette)]);
+              y + 3, w, BAR_H, palette[colour[i] % (sizeof palette / sizeof *palette)]);
     }
     fprintf(f, "<text class=\"l\" x=\"%.1f\" y=\"%d\">", LABEL_W + w + 6, y + 14);
     xml_text(f, b->label);
@@ -198,6 +201,7 @@ int cli_chart_write(const cli_chart *c, FILE *f) {
     y += ROW_H;
   }
   fprintf(f, "</svg>\n");
+  free(colour);
   return ferror(f) ? -EIO : 0;
 }
 

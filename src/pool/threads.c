@@ -195,6 +195,7 @@ struct tpool {
   /* auto, under mu: busy workers' run-queue wait and wall time since the last window, and the
    * share of busy time spent waiting for a CPU that the last window measured */
   unsigned ticks;
+  bool no_schedstat; /* the kernel keeps no run-queue statistics: q stays 0 */
   int64_t win_wait, win_wall;
   double runq_share;
   bool opened; /* open has returned: a failing initializer now breaks the pool; mu */
@@ -796,11 +797,13 @@ static void sample_runq(struct tpool *t, struct worker *w, bool is_busy, int64_t
       close(w->sched_fd);
       w->sched_fd = -1;
     }
-    if (w->sched_fd < 0) {
+    if (w->sched_fd < 0 && !t->no_schedstat) {
       int fd = tdm__sched_open(tid);
       if (fd >= 0) {
         w->sched_fd = fd;
         w->sched_tid = tid;
+      } else if (fd == -ENOENT && tid == atomic_load(&w->tid)) {
+        t->no_schedstat = true; /* the thread lives: this kernel keeps no statistics */
       }
     }
     if (w->sched_fd >= 0) wait = tdm__sched_wait_ns(w->sched_fd);
