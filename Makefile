@@ -72,7 +72,7 @@ fuzz:
 	@scripts/ensure-deps fuzz address,undefined
 	@cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DTDM_SANITIZE=address,undefined -DTDM_FUZZ=ON \
 	  -DTDM_BUILD_TESTS=OFF -DTDM_BUILD_EXAMPLES=OFF -DTDM_BUILD_CLI=OFF >/dev/null
-	@cmake --build build-fuzz -j $(JOBS) --target fuzz_frame fuzz_auth_server fuzz_auth_client
+	@cmake --build build-fuzz -j $(JOBS) --target fuzz_frame fuzz_auth_server fuzz_auth_client fuzz_manager
 	@tests/fuzz/run build-fuzz $(FUZZ_TIME)
 
 format:

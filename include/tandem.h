@@ -26,5 +26,6 @@
 #include "tandem/conn.h"
 #include "tandem/future.h"
 #include "tandem/pool.h"
+#include "tandem/manager.h"
 
 #endif /* TANDEM_H */

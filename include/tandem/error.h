@@ -25,22 +25,24 @@ extern "C" {
 #endif
 
 /* X(name, value, message): every tandem-specific code, in one table. */
-#define TDM_ERROR_MAP(X)                                                                   \
-  X(EBROKEN, -1001,                                                                        \
-    "broken: a barrier (a party timed out, it was aborted or reset, or its action "        \
-    "failed), or a pool that breaks when a worker dies")                                   \
-  X(EOVERRELEASE, -1002,                                                                   \
-    "released more times than acquired (a bounded semaphore), or task_done() called more " \
-    "times than messages were put")                                                        \
-  X(EDAEMON, -1003, "a daemon process may not start children")                             \
-  X(ENOTASK, -1004, "the task function cannot be found in the child process")              \
-  X(ECHILDINIT, -1005, "the child process died before it could run its task")              \
-  X(EEOF, -1006, "end of stream: the queue was shut down and drained, or the peer closed") \
-  X(EAUTH, -1007, "authentication failed: the peer does not know the key")                 \
-  X(ETASK, -1008, "the task failed: its function returned an error")                       \
-  X(EWORKER, -1009, "the worker running the task died (a crash, a signal or an exit)")     \
-  X(ETASKTIMEOUT, -1010, "the task ran past its timeout")                                  \
-  X(EINIT, -1011, "a pool worker's initializer failed")
+#define TDM_ERROR_MAP(X)                                                                     \
+  X(EBROKEN, -1001,                                                                          \
+    "broken: a barrier (a party timed out, it was aborted or reset, or its action "          \
+    "failed), or a pool that breaks when a worker dies")                                     \
+  X(EOVERRELEASE, -1002,                                                                     \
+    "released more times than acquired (a bounded semaphore), or task_done() called more "   \
+    "times than messages were put")                                                          \
+  X(EDAEMON, -1003, "a daemon process may not start children")                               \
+  X(ENOTASK, -1004, "the task function cannot be found in the child process")                \
+  X(ECHILDINIT, -1005, "the child process died before it could run its task")                \
+  X(EEOF, -1006, "end of stream: the queue was shut down and drained, or the peer closed")   \
+  X(EAUTH, -1007, "authentication failed: the peer does not know the key")                   \
+  X(ETASK, -1008, "the task failed: its function returned an error")                         \
+  X(EWORKER, -1009, "the worker running the task died (a crash, a signal or an exit)")       \
+  X(ETASKTIMEOUT, -1010, "the task ran past its timeout")                                    \
+  X(EINIT, -1011, "a pool worker's initializer failed")                                      \
+  X(EMANAGER, -1012, "the manager is gone: its process ended or the connection to it broke") \
+  X(ETYPE, -1013, "the object is not of the type the operation needs")
 
 enum tdm_error {
 #define TDM_ERROR_ENUM_(name, value, message) TDM_##name = (value),

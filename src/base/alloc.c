@@ -38,6 +38,10 @@ void *tdm__calloc(size_t n, size_t size) {
   return p;
 }
 
+void *tdm__realloc(void *ptr, size_t size) {
+  return allocator.alloc(allocator.ud, ptr, size == 0 ? 1 : size);
+}
+
 void tdm__free(void *ptr) {
   if (ptr != NULL) allocator.alloc(allocator.ud, ptr, 0);
 }

@@ -26,10 +26,11 @@ _Noreturn void tdm__misuse(const char *fmt, ...) __attribute__((format(printf, 1
 
 /* ---- Allocation (through the allocator set by tdm_allocator_set) ----------------------------- */
 
-void *tdm__alloc(size_t size);            /* NULL when out of memory */
-void *tdm__calloc(size_t n, size_t size); /* zeroed; NULL on overflow or out of memory */
-void tdm__free(void *ptr);                /* NULL is fine */
-char *tdm__strdup(const char *s);         /* NULL when out of memory */
+void *tdm__alloc(size_t size);              /* NULL when out of memory */
+void *tdm__calloc(size_t n, size_t size);   /* zeroed; NULL on overflow or out of memory */
+void *tdm__realloc(void *ptr, size_t size); /* NULL (ptr untouched) when out of memory */
+void tdm__free(void *ptr);                  /* NULL is fine */
+char *tdm__strdup(const char *s);           /* NULL when out of memory */
 
 /* ---- Deadlines --------------------------------------------------------------------------------
  *

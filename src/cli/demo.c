@@ -667,8 +667,9 @@ static void summarise_memory(demo *d) {
   snprintf(d->memory_summary, sizeof d->memory_summary,
            "A thread writes to the parent's own memory, so the parent sees %ld of %ld items; a "
            "process writes to its own copy, so the parent sees %ld. To bring items back from a "
-           "process, put them in shared memory (%ld seen) or send them (%ld received).",
-           r[0].seen, r[0].appended, r[1].seen, r[2].seen, r[3].seen);
+           "process, put them in shared memory (%ld seen), send them (%ld received), or keep "
+           "the list in a manager process that every process reaches through a proxy (%ld seen).",
+           r[0].seen, r[0].appended, r[1].seen, r[2].seen, r[3].seen, r[4].seen);
 }
 
 static void summarise_ipc(demo *d) {
