@@ -835,6 +835,7 @@ static void format_rate(char *out, size_t size, const result *info, double ns) {
   } else {
     const char *unit = info->rate == BENCH_RATE_TASKS   ? "tasks/s"
                        : info->rate == BENCH_RATE_ITEMS ? "items/s"
+                       : info->rate == BENCH_RATE_CALLS ? "calls/s"
                                                         : "msg/s";
     double per_s = 1e9 / ns;
     if (per_s >= 1e6)
@@ -866,9 +867,10 @@ static void print_table(const bench_ctx *ctx, const size_t *order) {
   printf("Times are ns per operation: one lock+unlock (contended: wall time / all parties' "
          "operations),\none round trip (ping-pong, hand-off), one child started and reaped "
          "(process/start),\none message delivered (queue/64b, queue/1mib: wall time / all "
-         "messages; the rates\nthat the times make follow the ratio, GB = 10^9 bytes), or for "
-         "pools (pool/*: wall time\nfrom the first submit to the last result) one map item, "
-         "one task, or one batch of\n64 waiting tasks (pool/wait-*).\n"
+         "messages; the rates\nthat the times make follow the ratio, GB = 10^9 bytes), one "
+         "proxy call (manager/*: wall time /\nall clients' calls), or for pools (pool/*: wall "
+         "time from the first submit to the last\nresult) one map item, one task, or one batch "
+         "of 64 waiting tasks (pool/wait-*).\n"
          "ratio = peer / tandem: how many times faster tandem is (below 1.00x, tandem is "
          "slower);\n\"goal >= Rx\" says whether this run's ratio meets a goal of the project.\n\n");
 

@@ -1,13 +1,13 @@
 /*
  * bench.h: the benchmark harness shared by every suite of `tandem bench`.
  *
- * A suite (sync_bench.c, process_bench.c, queue_bench.c, pool_bench.c) describes each workload as a
- * key, iteration counts and a list of implementations: tandem's first, then its peers. Each
- * implementation is a function that performs one timed run of a given number of operations and
- * reports nanoseconds per operation. The harness selects workloads (--filter), warms every
- * implementation up once, repeats the runs round-robin across implementations (so that a drift of
- * the machine's speed hits them all alike), keeps the median, runs the CPython peer scripts in
- * bench/peers/ and prints the table, the JSON or the CSV, and draws the chart.
+ * A suite (sync_bench.c, process_bench.c, queue_bench.c, manager_bench.c, pool_bench.c) describes
+ * each workload as a key, iteration counts and a list of implementations: tandem's first, then its
+ * peers. Each implementation is a function that performs one timed run of a given number of
+ * operations and reports nanoseconds per operation. The harness selects workloads (--filter), warms
+ * every implementation up once, repeats the runs round-robin across implementations (so that a
+ * drift of the machine's speed hits them all alike), keeps the median, runs the CPython peer
+ * scripts in bench/peers/ and prints the table, the JSON or the CSV, and draws the chart.
  *
  * Helpers for the workloads themselves are here too: memory that forked children share, a
  * "party" that is either a thread or a child process, and a start gate.
@@ -43,7 +43,7 @@ typedef struct bench_impl {
 
 /*
  * What the table shows beside the times of a throughput workload, computed from each time:
- * nothing, operations per second (messages, tasks or map items), or bytes per second (one
+ * nothing, operations per second (messages, tasks, map items or calls), or bytes per second (one
  * operation moves bytes_per_op bytes).
  */
 typedef enum bench_rate {
@@ -51,7 +51,8 @@ typedef enum bench_rate {
   BENCH_RATE_MSGS,
   BENCH_RATE_BYTES,
   BENCH_RATE_TASKS,
-  BENCH_RATE_ITEMS
+  BENCH_RATE_ITEMS,
+  BENCH_RATE_CALLS
 } bench_rate;
 
 typedef struct bench_workload {
@@ -181,6 +182,10 @@ void bench_process_suite(bench_ctx *ctx);
 
 /* Queue throughput (64 bytes, 1 MiB) and ping-pong between processes (queue_bench.c). */
 void bench_queue_suite(bench_ctx *ctx);
+
+/* Manager proxy round trips (dict get and set, value add) from 1 and 8 client processes
+ * (manager_bench.c). */
+void bench_manager_suite(bench_ctx *ctx);
 
 /* Pools: map, CPU-bound tasks, waiting tasks, submit-and-wait, per backend (pool_bench.c). */
 void bench_pool_suite(bench_ctx *ctx);

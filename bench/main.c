@@ -26,12 +26,14 @@ static void usage(FILE *f) {
   fprintf(f, "usage: tandem bench [--quick] [--runs N] [--filter SUBSTRING] [--list]\n"
              "                    [--json | --csv] [--svg FILE] [--no-peers] [--verbose] [--help]\n"
              "\n"
-             "Measures tandem's synchronisation primitives, process starts, queues and\n"
-             "pools against their peers in the same run (pthreads, POSIX semaphores, raw\n"
-             "fork/vfork/posix_spawn, pipes, sockets, POSIX mq, memcpy, GLib's thread\n"
-             "pool, OpenMP and CPython's threading/multiprocessing/concurrent.futures),\n"
-             "and prints ratios\n"
+             "Measures tandem's synchronisation primitives, process starts, queues,\n"
+             "managers and pools against their peers in the same run (pthreads, POSIX\n"
+             "semaphores, raw fork/vfork/posix_spawn, pipes, sockets, POSIX mq, memcpy,\n"
+             "GLib's thread pool, OpenMP and CPython's threading/multiprocessing/\n"
+             "concurrent.futures), and prints ratios\n"
              "(peer time / tandem time: how many times faster tandem is).\n"
+             "The workloads' names start with their suite: lock/, rlock/, cond/, sem/,\n"
+             "event/, process/, queue/, manager/, pool/ (--filter manager/ runs one suite).\n"
              "\n"
              "  --quick             3 runs with fewer iterations (default: 5 runs)\n"
              "  --runs N            timed runs per measurement (the median is reported)\n"
@@ -184,6 +186,9 @@ int bench_main(int argc, char **argv) {
   bench_sync_suite(ctx);
   bench_process_suite(ctx);
   bench_queue_suite(ctx);
+  /* Before the pools: the manager suite forks its clients, and OpenMP's team, which the pool
+   * suite starts, keeps its threads until the program ends. */
+  bench_manager_suite(ctx);
   bench_pool_suite(ctx);
   return bench_finish(ctx);
 }

@@ -202,7 +202,9 @@ for key in lock/uncontended/thread lock/uncontended/shared rlock/reentrant/threa
   lock/contended/2-threads lock/contended/2-procs cond/ping-pong/procs sem/hand-off/threads \
   event/ping-pong/procs process/start/fork process/start/spawn process/start/forkserver \
   process/start-1gib-parent/fork queue/64b/1p1c queue/64b/2p2c queue/1mib/1p1c \
-  queue/ping-pong/procs queue/ping-pong/procs-unpinned pool/map-1m/threads pool/map-1m/processes \
+  queue/ping-pong/procs queue/ping-pong/procs-unpinned manager/dict-get/1-proc \
+  manager/dict-get/8-procs manager/dict-set/1-proc manager/dict-set/8-procs \
+  manager/value-add/1-proc manager/value-add/8-procs pool/map-1m/threads pool/map-1m/processes \
   pool/map-1m/auto pool/cpu-8x10m/threads pool/cpu-8x10m/processes pool/cpu-8x10m/auto \
   pool/wait-64x50ms/threads pool/wait-64x50ms/processes pool/wait-64x50ms/auto \
   pool/submit-200k/threads pool/submit-200k/processes pool/submit-200k/auto; do
@@ -233,6 +235,8 @@ measure json uncontended/thread 2 4
 measure json process/start/ 3 8
 # tdm_queue, a pipe, a socketpair and memcpy always; the pipe with a 1 MiB buffer where allowed.
 measure json queue/1mib/ 1 4 more
+# The manager's get from 1 and from 8 client processes, and the socket floor of each.
+measure json manager/dict-get/ 2 4
 # The thread pool's map and the sequential loop always; OpenMP and GLib where they are built.
 # In CSV: its implementations' names hold commas, which must come back as one field each.
 measure csv pool/map-1m/threads 1 2 more
