@@ -399,9 +399,12 @@ static void summarise_cpu(speed *s, int cpus) {
   }
   add(b, z,
       "; processes %.1fx%s; the auto pool judged the work %s and aimed for %u workers "
-      "(%.1fx).",
+      "(%.1fx%s).",
       prc, prc < 0.9 * thr ? ", paying for their start" : "",
-      s->r[M_AUTO].auto_cpu ? "CPU-bound" : "I/O-bound", s->r[M_AUTO].auto_n, aut);
+      s->r[M_AUTO].auto_cpu ? "CPU-bound" : "I/O-bound", s->r[M_AUTO].auto_n, aut,
+      aut > 1.05 * (double)ceiling && thr <= 1.05 * (double)ceiling
+          ? ", more than the CPUs can give: this machine's speed changed between the runs"
+          : "");
 }
 
 /* Index of the median of v[0..n-1] (the lower one of the middle two when n is even). */
