@@ -968,3 +968,41 @@ int bench_finish(bench_ctx *ctx) {
   free(ctx);
   return status;
 }
+
+/* ---- Descriptors ---------------------------------------------------------------------------- */
+
+int bench_write_full(int fd, const void *buf, size_t n) {
+  const char *p = buf;
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Reads exactly n bytes. Returns 0, TDM_EEOF at end of file before the first byte, -EPROTO at
+ * end of file inside a record, or a negative errno. */
+int bench_read_full(int fd, void *buf, size_t n) {
+  char *p = buf;
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = read(fd, p + got, n - got);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if (r == 0) return got == 0 ? TDM_EEOF : -EPROTO;
+    got += (size_t)r;
+  }
+  return 0;
+}
+
+void bench_close_fd(int *fd) {
+  if (*fd >= 0) close(*fd);
+  *fd = -1;
+}

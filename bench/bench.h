@@ -174,6 +174,14 @@ double bench_median(double *v, int n);
 
 /* ---- Suites --------------------------------------------------------------------------------- */
 
+/* Descriptor helpers for suites whose peers talk over pipes and sockets. bench_write_full()
+ * writes all n bytes (0 or a negative errno); bench_read_full() reads exactly n bytes (0,
+ * TDM_EEOF at end of file before the first byte, -EPROTO inside a record, or a negative
+ * errno); bench_close_fd() closes *fd if it is open and sets it to -1. */
+int bench_write_full(int fd, const void *buf, size_t n);
+int bench_read_full(int fd, void *buf, size_t n);
+void bench_close_fd(int *fd);
+
 /* Locks, conditions, semaphores and events (sync_bench.c). */
 void bench_sync_suite(bench_ctx *ctx);
 

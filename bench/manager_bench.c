@@ -95,47 +95,11 @@ static _Noreturn void client_fail(mgr_run *s, int id, const char *call, int err)
 
 /* ---- Descriptors (the floor) ---------------------------------------------------------------- */
 
-static int write_full(int fd, const void *buf, size_t n) {
-  const char *p = buf;
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
-/* Reads exactly n bytes. Returns 0, TDM_EEOF at end of file before the first byte, -EPROTO at
- * end of file inside a record, or a negative errno. */
-static int read_full(int fd, void *buf, size_t n) {
-  char *p = buf;
-  size_t got = 0;
-  while (got < n) {
-    ssize_t r = read(fd, p + got, n - got);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    if (r == 0) return got == 0 ? TDM_EEOF : -EPROTO;
-    got += (size_t)r;
-  }
-  return 0;
-}
-
-static void close_fd(int *fd) {
-  if (*fd >= 0) close(*fd);
-  *fd = -1;
-}
-
 /* Closes the socket ends of n clients, except the client end of client `keep` (-1: all). */
 static void close_fds(int (*fd)[2], int n, int keep) {
   for (int i = 0; i < n; i++) {
-    close_fd(&fd[i][0]);
-    if (i != keep) close_fd(&fd[i][1]);
+    bench_close_fd(&fd[i][0]);
+    if (i != keep) bench_close_fd(&fd[i][1]);
   }
 }
 
@@ -149,7 +113,7 @@ static void floor_server(void *arg) {
   struct pollfd pfd[MAX_CLIENTS];
   int n = c->run->clients, live = n;
   for (int i = 0; i < n; i++) {
-    close_fd(&c->fd[i][1]);
+    bench_close_fd(&c->fd[i][1]);
     pfd[i] = (struct pollfd){ .fd = c->fd[i][0], .events = POLLIN };
   }
   unsigned char buf[VALUE_LEN];
@@ -160,14 +124,14 @@ static void floor_server(void *arg) {
     }
     for (int i = 0; i < n; i++) {
       if (pfd[i].fd < 0 || pfd[i].revents == 0) continue;
-      int r = read_full(pfd[i].fd, buf, sizeof buf);
+      int r = bench_read_full(pfd[i].fd, buf, sizeof buf);
       if (r == TDM_EEOF) {
         close(pfd[i].fd);
         pfd[i].fd = -1; /* poll() skips it from now on */
         live--;
         continue;
       }
-      if (r == 0) r = write_full(pfd[i].fd, buf, sizeof buf);
+      if (r == 0) r = bench_write_full(pfd[i].fd, buf, sizeof buf);
       if (r != 0) _exit(1);
     }
   }
@@ -184,13 +148,13 @@ static void floor_client(void *arg) {
   int64_t n = s->per_client;
   bench_gate_arrive(&s->gate);
   for (int64_t i = 0; i < n; i++) {
-    int r = write_full(fd, buf, sizeof buf);
+    int r = bench_write_full(fd, buf, sizeof buf);
     if (r != 0) client_fail(s, id, "write", r);
-    r = read_full(fd, buf, sizeof buf);
+    r = bench_read_full(fd, buf, sizeof buf);
     if (r != 0) client_fail(s, id, "read", r);
   }
   s->end[id] = tdm_clock_now();
-  close_fd(&c->fd[id][1]);
+  bench_close_fd(&c->fd[id][1]);
 }
 
 /* ---- The manager ------------------------------------------------------------------------- */

@@ -136,44 +136,6 @@ static void pin_side(int side) {
   sched_setaffinity(0, sizeof set, &set);
 }
 
-/* ---- Descriptors ---------------------------------------------------------------------------- */
-
-static int write_full(int fd, const void *buf, size_t n) {
-  const char *p = buf;
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
-/* Reads exactly n bytes. Returns 0, TDM_EEOF at end of file before the first byte, -EPROTO at
- * end of file inside a record, or a negative errno. */
-static int read_full(int fd, void *buf, size_t n) {
-  char *p = buf;
-  size_t got = 0;
-  while (got < n) {
-    ssize_t r = read(fd, p + got, n - got);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    if (r == 0) return got == 0 ? TDM_EEOF : -EPROTO;
-    got += (size_t)r;
-  }
-  return 0;
-}
-
-static void close_fd(int *fd) {
-  if (*fd >= 0) close(*fd);
-  *fd = -1;
-}
-
 /* ---- POSIX message queues ------------------------------------------------------------------- */
 
 /* Probed once by the suite: the largest mq_maxmsg this machine grants (an unprivileged process
@@ -297,8 +259,8 @@ static int chan_open(chan *c, enum chan_kind kind, size_t size) {
     c->wr = fds[1];
     if (kind == CH_PIPE_BIG && fcntl(c->wr, F_SETPIPE_SZ, (int)LARGE) < 0) {
       int e = errno;
-      close_fd(&c->rd);
-      close_fd(&c->wr);
+      bench_close_fd(&c->rd);
+      bench_close_fd(&c->wr);
       return e == EPERM ? -ENOTSUP : -e;
     }
     return 0;
@@ -323,8 +285,8 @@ static int chan_open(chan *c, enum chan_kind kind, size_t size) {
 static void chan_close(chan *c) {
   if (c->q != NULL) tdm_queue_close(c->q);
   c->q = NULL;
-  close_fd(&c->rd);
-  close_fd(&c->wr);
+  bench_close_fd(&c->rd);
+  bench_close_fd(&c->wr);
   if (c->mq != (mqd_t)-1) mq_close(c->mq);
   c->mq = (mqd_t)-1;
 }
@@ -389,7 +351,7 @@ static void producer_end(stream_state *s, chan *c, uint32_t id, void *buf) {
     __atomic_store_n(&s->ring[id].done, 1, __ATOMIC_RELEASE);
     break;
   default:
-    close_fd(&c->wr); /* the last write end closed is the consumers' end of file */
+    bench_close_fd(&c->wr); /* the last write end closed is the consumers' end of file */
   }
 }
 
@@ -424,7 +386,7 @@ static void produce(stream_state *s, chan *c, uint32_t id) {
   default:
     for (int64_t i = 0; i < n && r == 0; i++) {
       stamp(buf, (uint64_t)i, id);
-      r = write_full(c->wr, buf, size);
+      r = bench_write_full(c->wr, buf, size);
     }
     if (r != 0) child_fail("write", r);
   }
@@ -460,7 +422,7 @@ static void consume(stream_state *s, chan *c, uint32_t id) {
       r = ring_get(&cur, buf) ? 0 : TDM_EEOF;
       break;
     default:
-      r = read_full(c->rd, buf, size);
+      r = bench_read_full(c->rd, buf, size);
     }
     if (r == TDM_EEOF) break;
     if (r != 0) child_fail("receiving a message", r);
@@ -486,7 +448,7 @@ static void stream_party(void *arg) {
   chan *c = role->c;
   if (role->s->pin) pin_side(role->producer ? 0 : 1);
   /* Keep only this side's end, so that end of file comes when the producers close theirs. */
-  close_fd(role->producer ? &c->rd : &c->wr);
+  bench_close_fd(role->producer ? &c->rd : &c->wr);
   if (role->producer)
     produce(role->s, c, role->id);
   else
@@ -535,8 +497,8 @@ static int run_stream(const void *arg, int64_t iters, double *ns) {
     r = bench_party_start(&party[i], true, stream_party, &roles[i]);
     if (r == 0) started++;
   }
-  close_fd(&c.rd); /* the parent keeps no end open: end of file is the producers' to give */
-  close_fd(&c.wr);
+  bench_close_fd(&c.rd); /* the parent keeps no end open: end of file is the producers' to give */
+  bench_close_fd(&c.wr);
   if (r != 0) {
     for (int i = 0; i < started; i++)
       kill(party[i].pid, SIGKILL);
@@ -680,9 +642,9 @@ static int pong_side(pong_chans *p, bool a) {
       in = a ? p->back.rd : p->there.rd;
     }
     for (int64_t i = 0; i < n && r == 0; i++) {
-      if (a) r = write_full(out, buf, sizeof buf);
-      if (r == 0) r = read_full(in, buf, sizeof buf);
-      if (r == 0 && !a) r = write_full(out, buf, sizeof buf);
+      if (a) r = bench_write_full(out, buf, sizeof buf);
+      if (r == 0) r = bench_read_full(in, buf, sizeof buf);
+      if (r == 0 && !a) r = bench_write_full(out, buf, sizeof buf);
     }
     return r;
   }
@@ -719,10 +681,10 @@ static void pong_b(void *arg) {
   if (p->pin) pin_side(1);
   /* B keeps the read end of `there` and the write end of `back` (a socket: its own). */
   if (p->kind == CH_PIPE) {
-    close_fd(&p->there.wr);
-    close_fd(&p->back.rd);
+    bench_close_fd(&p->there.wr);
+    bench_close_fd(&p->back.rd);
   } else if (p->kind == CH_STREAM) {
-    close_fd(&p->there.wr);
+    bench_close_fd(&p->there.wr);
   }
 #ifdef TDM_BENCH_HAVE_CONN
   if (p->ca != NULL) tdm_conn_close(p->ca);
@@ -747,10 +709,10 @@ static int run_pong(const void *arg, int64_t iters, double *ns) {
     r = bench_party_start(&b, true, pong_b, &p);
     if (r == 0) {
       if (p.kind == CH_PIPE) {
-        close_fd(&p.there.rd);
-        close_fd(&p.back.wr);
+        bench_close_fd(&p.there.rd);
+        bench_close_fd(&p.back.wr);
       } else if (p.kind == CH_STREAM) {
-        close_fd(&p.back.wr);
+        bench_close_fd(&p.back.wr);
       }
 #ifdef TDM_BENCH_HAVE_CONN
       if (p.cb != NULL) tdm_conn_close(p.cb);

@@ -530,27 +530,27 @@ int tdm_mdict_update(tdm_proxy *d, const tdm_bytes *pairs, size_t n) {
   return simple(d, T(TDM_MDICT), &w);
 }
 
-static int plain(tdm_proxy *p, uint32_t op, uint64_t types, struct tdm__wbuf *w) {
-  NEED(p != NULL);
-  begin(w, p, op, 0);
-  (void)types;
-  return 0;
-}
-
-int tdm_mdict_len(tdm_proxy *d, size_t *len) {
+/* A call without arguments whose reply is a count. */
+static int count_call(tdm_proxy *p, uint32_t op, uint64_t types, size_t *out) {
+  NEED(p != NULL && out != NULL);
   struct tdm__wbuf w;
-  NEED(len != NULL);
-  int rc = plain(d, MOP_DICT_LEN, 0, &w);
+  begin(&w, p, op, 0);
   uint64_t v;
-  if (rc == 0 && (rc = with_u64(d, T(TDM_MDICT), &w, &v)) == 0) *len = (size_t)v;
+  int rc = with_u64(p, types, &w, &v);
+  if (rc == 0) *out = (size_t)v;
   return rc;
 }
 
+int tdm_mdict_len(tdm_proxy *d, size_t *len) {
+  return count_call(d, MOP_DICT_LEN, T(TDM_MDICT), len);
+}
+
+/* A call without arguments whose reply is a list of byte strings. */
 static int list_call(tdm_proxy *p, uint32_t op, uint64_t types, tdm_bytes_list **out) {
+  NEED(p != NULL && out != NULL);
   struct tdm__wbuf w;
-  NEED(out != NULL);
-  int rc = plain(p, op, types, &w);
-  return rc < 0 ? rc : with_list(p, types, &w, out);
+  begin(&w, p, op, 0);
+  return with_list(p, types, &w, out);
 }
 
 int tdm_mdict_keys(tdm_proxy *d, tdm_bytes_list **out) {
@@ -652,13 +652,7 @@ int tdm_mlist_remove(tdm_proxy *l, const void *val, size_t len) {
 }
 
 int tdm_mlist_len(tdm_proxy *l, size_t *len) {
-  NEED(l != NULL && len != NULL);
-  struct tdm__wbuf w;
-  begin(&w, l, MOP_LIST_LEN, 0);
-  uint64_t v;
-  int rc = with_u64(l, T(TDM_MLIST), &w, &v);
-  if (rc == 0) *len = (size_t)v;
-  return rc;
+  return count_call(l, MOP_LIST_LEN, T(TDM_MLIST), len);
 }
 
 int tdm_mlist_slice(tdm_proxy *l, int64_t start, int64_t stop, tdm_bytes_list **out) {
@@ -693,13 +687,7 @@ int tdm_mqueue_get(tdm_proxy *q, void **msg, size_t *len, int64_t timeout) {
 }
 
 int tdm_mqueue_qsize(tdm_proxy *q, size_t *n) {
-  NEED(q != NULL && n != NULL);
-  struct tdm__wbuf w;
-  begin(&w, q, MOP_QUEUE_QSIZE, 0);
-  uint64_t v;
-  int rc = with_u64(q, T(TDM_MQUEUE), &w, &v);
-  if (rc == 0) *n = (size_t)v;
-  return rc;
+  return count_call(q, MOP_QUEUE_QSIZE, T(TDM_MQUEUE), n);
 }
 
 int tdm_mqueue_task_done(tdm_proxy *q) {
@@ -738,20 +726,28 @@ int tdm_msem_release(tdm_proxy *s, unsigned n) {
   return with_u32_arg(s, MOP_SEM_RELEASE, T(TDM_MSEMAPHORE), n);
 }
 
-int tdm_msem_value(tdm_proxy *s, unsigned *value) {
-  NEED(s != NULL && value != NULL);
-  struct tdm__wbuf w;
-  begin(&w, s, MOP_SEM_VALUE, 0);
+/* A call whose reply is one u32. */
+static int with_u32(tdm_proxy *p, uint64_t types, struct tdm__wbuf *w, uint32_t *out) {
   struct rep rep;
-  int rc = pcall(s, T(TDM_MSEMAPHORE), &w, &rep);
+  int rc = pcall(p, types, w, &rep);
   if (rc == 0) {
     uint32_t v = tdm__rb_u32(&rep.r);
     if (rep.r.bad)
       rc = TDM_EMANAGER;
     else
-      *value = v;
+      *out = v;
   }
   tdm__free(rep.msg);
+  return rc;
+}
+
+int tdm_msem_value(tdm_proxy *s, unsigned *value) {
+  NEED(s != NULL && value != NULL);
+  struct tdm__wbuf w;
+  begin(&w, s, MOP_SEM_VALUE, 0);
+  uint32_t v;
+  int rc = with_u32(s, T(TDM_MSEMAPHORE), &w, &v);
+  if (rc == 0) *value = v;
   return rc;
 }
 
@@ -787,16 +783,9 @@ int tdm_mbarrier_wait(tdm_proxy *b, int64_t timeout, unsigned *index) {
   NEED(b != NULL);
   struct tdm__wbuf w;
   begin(&w, b, MOP_BARRIER_WAIT, timeout);
-  struct rep rep;
-  int rc = pcall(b, T(TDM_MBARRIER), &w, &rep);
-  if (rc == 0) {
-    uint32_t i = tdm__rb_u32(&rep.r);
-    if (rep.r.bad)
-      rc = TDM_EMANAGER;
-    else if (index != NULL)
-      *index = i;
-  }
-  tdm__free(rep.msg);
+  uint32_t i;
+  int rc = with_u32(b, T(TDM_MBARRIER), &w, &i);
+  if (rc == 0 && index != NULL) *index = i;
   return rc;
 }
 
@@ -816,9 +805,7 @@ int tdm_mbarrier_state(tdm_proxy *b, unsigned *n_waiting, bool *broken) {
   int rc = pcall(b, T(TDM_MBARRIER), &w, &rep);
   if (rc == 0) {
     uint32_t n = tdm__rb_u32(&rep.r);
-    size_t one = 0;
     const uint8_t *flag = rep.r.left == 1 ? rep.r.p : NULL;
-    (void)one;
     if (rep.r.bad || flag == NULL) {
       rc = TDM_EMANAGER;
     } else {

@@ -145,6 +145,7 @@ struct tdm__msrv {
   struct tdm__mconn **conns;
   size_t n_conns, cap_conns;
   struct tdm__wbuf scratch; /* the reply being built */
+  int64_t accept_pause;     /* out of descriptors: no accepting until then */
   bool stopping;
 };
 
@@ -1368,7 +1369,10 @@ static void accept_all(struct tdm__msrv *s, int lfd, const void *key, size_t key
     int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      return; /* EAGAIN, or out of descriptors: the client waits in the backlog */
+      /* Out of descriptors or memory: the client waits in the backlog, and the listener, which
+       * stays readable, is left out of the poll for a while instead of spinning on it. */
+      if (errno != EAGAIN && errno != EWOULDBLOCK) s->accept_pause = tdm__deadline(TDM_MS(100));
+      return;
     }
     struct tdm__mconn *c = conn_new(s, fd);
     if (c == NULL) {
@@ -1485,7 +1489,7 @@ static void conn_flush(struct tdm__msrv *s, struct tdm__mconn *c) {
 }
 
 static int64_t next_deadline(const struct tdm__msrv *s) {
-  int64_t at = INT64_MAX;
+  int64_t at = s->accept_pause != 0 ? s->accept_pause : INT64_MAX;
   for (size_t i = 0; i < s->n_conns; i++) {
     const struct tdm__mconn *c = s->conns[i];
     if (c->wait != W_NONE && c->deadline < at) at = c->deadline;
@@ -1521,7 +1525,8 @@ int tdm__msrv_run(struct tdm__msrv *s, int lfd, const void *key, size_t key_len)
       pfd = p;
       cap_pfd = cap;
     }
-    pfd[0] = (struct pollfd){ .fd = lfd, .events = POLLIN };
+    if (s->accept_pause != 0 && s->accept_pause <= tdm_clock_now()) s->accept_pause = 0;
+    pfd[0] = (struct pollfd){ .fd = lfd, .events = s->accept_pause == 0 ? POLLIN : 0 };
     size_t n = s->n_conns;
     for (size_t i = 0; i < n; i++) {
       struct tdm__mconn *c = s->conns[i];
