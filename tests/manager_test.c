@@ -1542,7 +1542,7 @@ TEST(namespace) {
 /* The server runs these; `destroyed` counts in the server process. */
 static int destroyed;
 
-enum { OP_ADD, OP_GET, OP_FAIL, OP_DESTROYED, OP_ECHO };
+enum { OP_ADD, OP_GET, OP_FAIL, OP_DESTROYED, OP_ECHO, OP_INT_MIN };
 
 static int counter_create(void **state, const void *arg, size_t len) {
   if (len != 0 && len != sizeof(int64_t)) return -EINVAL;
@@ -1575,6 +1575,8 @@ static int counter_call(void *state, uint32_t op, const void *in, size_t in_len,
   }
   case OP_FAIL:
     return -EDOM;
+  case OP_INT_MIN: /* a result no request can have */
+    return INT_MIN;
   case OP_DESTROYED:
     return destroyed;
   case OP_ECHO: {
@@ -1658,6 +1660,7 @@ static void custom_type_under(tdm_start_method method) {
   CHECK_ERR(tdm_manager_create(m, "nosuch", NULL, 0, &bad), -ENOENT);
   CHECK(bad == NULL);
   CHECK_ERR(tdm_proxy_call(p, OP_FAIL, NULL, 0, NULL, NULL), -EDOM);
+  CHECK_ERR(tdm_proxy_call(p, OP_INT_MIN, NULL, 0, NULL, NULL), -ERANGE);
   CHECK_ERR(tdm_proxy_call(p, 999, NULL, 0, NULL, NULL), -ENOSYS);
   CHECK_ERR(tdm_proxy_call(p, OP_ADD, "x", 1, NULL, NULL), -EINVAL);
   void *out = &sentinel;

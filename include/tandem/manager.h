@@ -122,7 +122,7 @@ typedef struct tdm_token {
  *   call     runs operation `op` on the state with the request's bytes; it may set *out to a
  *            buffer from malloc() (the server frees it) with *out_len bytes for the reply.
  *            Returns a number >= 0 handed to the caller as the call's result, or a negative
- *            error code;
+ *            error code (INT_MIN is not one: the caller gets -ERANGE);
  *   destroy  frees the state when the last reference is released or the manager stops.
  */
 typedef struct tdm_manager_type {

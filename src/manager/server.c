@@ -986,7 +986,8 @@ static int custom_op(struct tdm__msrv *s, struct obj *o, struct tdm__rbuf *r) {
     tdm__wb_str(&s->scratch, out, out_len);
     free(out);
   }
-  return rc;
+  /* The one value a status cannot carry (it means "parked"): the type broke its contract. */
+  return rc == WAIT_REPLY ? -ERANGE : rc;
 }
 
 /* Which object types an operation applies to. */
