@@ -216,7 +216,12 @@ static void wake_one(struct tpool *t) {
    * taken the token nobody needs a second one (tokio's "searching" workers). */
   if (atomic_load(&t->waking) || atomic_exchange(&t->waking, true)) return;
   __atomic_fetch_add(&t->wake, 1, __ATOMIC_SEQ_CST);
-  tdm__futex_wake(&t->wake, 1, false);
+  /* Nobody was in the kernel to take the token: the worker counted in `sleepers` was still on
+   * its way. Either it sleeps next, sees `wake` moved and returns at once (taking the token
+   * itself), or its last look found a task and it never sleeps, and then nobody would take the
+   * token: every later push would see a wake-up in flight and wake nobody, with tasks queued
+   * and every worker asleep (seen under load in a test). Give the token back. */
+  if (tdm__futex_wake(&t->wake, 1, false) == 0) atomic_store(&t->waking, false);
 }
 
 static void wake_all(struct tpool *t) {
