@@ -943,6 +943,17 @@ int tdm_proxy_call(tdm_proxy *p, uint32_t op, const void *in, size_t len, void *
 /* ---- Proxies ------------------------------------------------------------------------------------
  */
 
+/* Gives back one reference to the object `tok` names; a manager that is gone took it already. */
+static void drop_ref(tdm_manager *m, const tdm_token *tok) {
+  tdm_proxy tmp = { .m = m, .tok = *tok };
+  struct tdm__wbuf w;
+  begin(&w, &tmp, MOP_DECREF, 0);
+  void *msg;
+  struct tdm__rbuf r;
+  (void)call(m, &w, &msg, &r, NULL);
+  tdm__free(msg);
+}
+
 static int proxy_new(tdm_proxy **out, tdm_manager *m, const tdm_token *tok) {
   tdm_proxy *p = tdm__calloc(1, sizeof *p);
   if (p == NULL) return -ENOMEM;
@@ -993,24 +1004,13 @@ int tdm_proxy_open(tdm_proxy **out, tdm_manager *m, const tdm_token *token) {
   tdm__free(msg);
   if (rc < 0) return rc;
   rc = proxy_new(out, m, token);
-  if (rc < 0) {
-    /* Give the reference back: nothing was taken. */
-    tdm_proxy tmp = { .m = m, .tok = *token };
-    begin(&w, &tmp, MOP_DECREF, 0);
-    (void)call(m, &w, &msg, &r, NULL);
-    tdm__free(msg);
-  }
+  if (rc < 0) drop_ref(m, token); /* nothing was taken */
   return rc;
 }
 
 int tdm_proxy_close(tdm_proxy *p) {
   if (p == NULL) return 0;
-  struct tdm__wbuf w;
-  begin(&w, p, MOP_DECREF, 0);
-  void *msg;
-  struct tdm__rbuf r;
-  (void)call(p->m, &w, &msg, &r, NULL);
-  tdm__free(msg);
+  drop_ref(p->m, &p->tok);
   proxy_free(p);
   return 0;
 }
@@ -1033,12 +1033,7 @@ static int create_end(tdm_manager *m, uint32_t type, struct tdm__wbuf *w, tdm_pr
   if (rc < 0) return rc;
   tdm_token tok = { instance, id, type, 0 };
   rc = proxy_new(out, m, &tok);
-  if (rc < 0) {
-    tdm_proxy tmp = { .m = m, .tok = tok };
-    begin(w, &tmp, MOP_DECREF, 0);
-    (void)call(m, w, &msg, &r, NULL);
-    tdm__free(msg);
-  }
+  if (rc < 0) drop_ref(m, &tok);
   return rc;
 }
 
@@ -1146,9 +1141,6 @@ int tdm_manager_create(tdm_manager *m, const char *type, const void *arg, size_t
  * ---------------------------------------------------------------------------------------- */
 
 int tdm__manager_open(tdm_manager **out, const char *address, const tdm_manager_options *opt,
-                      tdm_process *proc);
-
-int tdm__manager_open(tdm_manager **out, const char *address, const tdm_manager_options *opt,
                       tdm_process *proc) {
   tdm_manager *m = tdm__calloc(1, sizeof *m);
   if (m == NULL) return -ENOMEM;
@@ -1165,7 +1157,8 @@ int tdm__manager_open(tdm_manager **out, const char *address, const tdm_manager_
   m->key_len = kl;
   m->max_message =
       opt != NULL && opt->max_message != 0 ? opt->max_message : TDM_MANAGER_MAX_MESSAGE_DEFAULT;
-  m->connect_timeout = opt != NULL && opt->connect_timeout != 0 ? opt->connect_timeout : TDM_S(10);
+  m->connect_timeout =
+      opt != NULL && opt->connect_timeout != 0 ? opt->connect_timeout : TDM__MGR_CONNECT_DEFAULT;
   pthread_mutex_init(&m->mu, NULL);
   m->pid = m->owner_pid = tdm__self_pid();
   m->proc = proc;

@@ -24,9 +24,6 @@
 
 #define BOOT_VERSION 1u
 
-int tdm__manager_open(tdm_manager **out, const char *address, const tdm_manager_options *opt,
-                      tdm_process *proc);
-
 static bool is_tcp(const char *address) {
   return address != NULL && strncmp(address, "tcp:", 4) == 0;
 }
@@ -199,7 +196,7 @@ int tdm_manager_start(tdm_manager **out, const tdm_manager_options *opt) {
   void *msg = NULL;
   size_t len = 0;
   if (rc == 0) {
-    int64_t t = o.connect_timeout != 0 ? o.connect_timeout : TDM_S(10);
+    int64_t t = o.connect_timeout != 0 ? o.connect_timeout : TDM__MGR_CONNECT_DEFAULT;
     rc = tdm_conn_recv(here, &msg, &len, t);
     if (rc < 0 && rc != -ETIMEDOUT) rc = TDM_EMANAGER; /* it died before it answered */
   }

@@ -21,9 +21,9 @@
 #include "base/internal.h"
 #include "tandem/manager.h"
 
-#define TDM__MGR_PROTOCOL   1u
-#define TDM__MGR_HEADER     40 /* the fixed part of a request */
-#define TDM__MGR_MAX_FIELDS 8  /* no request names more strings than this but in lists */
+#define TDM__MGR_PROTOCOL        1u
+#define TDM__MGR_HEADER          40        /* the fixed part of a request */
+#define TDM__MGR_CONNECT_DEFAULT TDM_S(10) /* tdm_manager_options.connect_timeout of 0 */
 
 enum tdm__mop {
   /* Session and lifetime */
@@ -195,5 +195,13 @@ void tdm__msrv_expire(struct tdm__msrv *s, int64_t now);
 /* Serves on the listening socket `lfd` (non-blocking, owned by the caller) with `key` until
  * a shutdown request; `ready_fd` >= 0 is closed once serving starts. Returns 0 or -ENOMEM. */
 int tdm__msrv_run(struct tdm__msrv *s, int lfd, const void *key, size_t key_len);
+
+/* ---- Handles ------------------------------------------------------------------------------ */
+
+/* Makes a handle for the manager at `address` and connects it (client.c). `proc`, when not
+ * NULL, is the server process the handle started: the handle owns it from then on, and stops
+ * it when closed. On failure the caller still owns `proc`. */
+int tdm__manager_open(tdm_manager **out, const char *address, const tdm_manager_options *opt,
+                      tdm_process *proc);
 
 #endif /* TDM_MANAGER_MANAGER_H */

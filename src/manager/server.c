@@ -1526,7 +1526,8 @@ int tdm__msrv_run(struct tdm__msrv *s, int lfd, const void *key, size_t key_len)
       pfd = p;
       cap_pfd = cap;
     }
-    if (s->accept_pause != 0 && s->accept_pause <= tdm_clock_now()) s->accept_pause = 0;
+    int64_t now = tdm_clock_now();
+    if (s->accept_pause != 0 && s->accept_pause <= now) s->accept_pause = 0;
     pfd[0] = (struct pollfd){ .fd = lfd, .events = s->accept_pause == 0 ? POLLIN : 0 };
     size_t n = s->n_conns;
     for (size_t i = 0; i < n; i++) {
@@ -1535,7 +1536,7 @@ int tdm__msrv_run(struct tdm__msrv *s, int lfd, const void *key, size_t key_len)
       if (c->out_off < c->out.len) ev |= POLLOUT;
       pfd[i + 1] = (struct pollfd){ .fd = c->fd, .events = ev };
     }
-    int64_t at = next_deadline(s), now = tdm_clock_now();
+    int64_t at = next_deadline(s);
     struct timespec ts, *tsp = NULL;
     if (at != INT64_MAX) {
       int64_t left = at > now ? at - now : 0;
