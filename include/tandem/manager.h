@@ -221,23 +221,32 @@ TDM_API pid_t tdm_manager_pid(const tdm_manager *m);
 
 /* ---- Creating objects (each returns a new proxy owned by the caller, or an error above) --- */
 
+/* A new empty dictionary (Manager().dict()). */
 TDM_API int tdm_manager_dict(tdm_manager *m, tdm_proxy **out);
+/* A new empty list (Manager().list()). */
 TDM_API int tdm_manager_list(tdm_manager *m, tdm_proxy **out);
 /* A queue of at most `maxsize` messages (0: unbounded). A joinable queue also counts the
  * messages not yet marked done (tdm_mqueue_task_done(), tdm_mqueue_join()). */
 TDM_API int tdm_manager_queue(tdm_manager *m, size_t maxsize, bool joinable, tdm_proxy **out);
+/* A new unlocked lock (Manager().Lock()): any client thread may release it. */
 TDM_API int tdm_manager_lock(tdm_manager *m, tdm_proxy **out);
+/* A new unlocked rlock (Manager().RLock()): re-entrant for, and released by, the thread that
+ * holds it. */
 TDM_API int tdm_manager_rlock(tdm_manager *m, tdm_proxy **out);
 /* A semaphore with `value` permits; a bounded one refuses to go beyond it (TDM_EOVERRELEASE). */
 TDM_API int tdm_manager_semaphore(tdm_manager *m, unsigned value, bool bounded, tdm_proxy **out);
+/* A new event, not set (Manager().Event()). */
 TDM_API int tdm_manager_event(tdm_manager *m, tdm_proxy **out);
 /* A condition over `lock`, a lock or rlock proxy of the same manager that the condition keeps
  * alive, or NULL for an rlock of its own. */
 TDM_API int tdm_manager_condition(tdm_manager *m, tdm_proxy *lock, tdm_proxy **out);
 /* A barrier for `parties` callers (1 or more, else -EINVAL). */
 TDM_API int tdm_manager_barrier(tdm_manager *m, unsigned parties, tdm_proxy **out);
+/* A new 64-bit integer value (Manager().Value('q', initial)). */
 TDM_API int tdm_manager_value_int(tdm_manager *m, int64_t initial, tdm_proxy **out);
+/* A new double value (Manager().Value('d', initial)). */
 TDM_API int tdm_manager_value_float(tdm_manager *m, double initial, tdm_proxy **out);
+/* A new namespace without fields (Manager().Namespace()). */
 TDM_API int tdm_manager_namespace(tdm_manager *m, tdm_proxy **out);
 /* An object of the custom type `type`, made by its create() from the `len` bytes at `arg`.
  * Returns -ENOENT when the server has no such type, or the error create() returned. */
@@ -277,8 +286,11 @@ TDM_API int tdm_proxy_call(tdm_proxy *p, uint32_t op, const void *in, size_t len
 /* ---- Dictionaries (TDM_MDICT) --------------------------------------------------------------
  * Values come back in a buffer to free with tdm_free(). A missing key is -ENOENT (KeyError). */
 
+/* The value of `key` in *val (yours to tdm_free()) and *vlen; -ENOENT when it is missing. */
 TDM_API int tdm_mdict_get(tdm_proxy *d, const void *key, size_t klen, void **val, size_t *vlen);
+/* Sets `key` to a copy of the value (d[key] = value). */
 TDM_API int tdm_mdict_set(tdm_proxy *d, const void *key, size_t klen, const void *val, size_t vlen);
+/* Removes `key` (del d[key]); -ENOENT when it is missing. */
 TDM_API int tdm_mdict_delete(tdm_proxy *d, const void *key, size_t klen);
 /* Returns 1 when the key is there, 0 when not, or an error. */
 TDM_API int tdm_mdict_contains(tdm_proxy *d, const void *key, size_t klen);
@@ -289,21 +301,27 @@ TDM_API int tdm_mdict_setdefault(tdm_proxy *d, const void *key, size_t klen, con
                                  size_t vlen, void **out, size_t *out_len);
 /* Sets n pairs at once, atomically: pairs[2i] is a key, pairs[2i+1] its value (update). */
 TDM_API int tdm_mdict_update(tdm_proxy *d, const tdm_bytes *pairs, size_t n);
+/* The number of keys in *len (len(d)). */
 TDM_API int tdm_mdict_len(tdm_proxy *d, size_t *len);
 /* The keys, the values, or the items (key, value, key, value...) in one consistent snapshot;
  * keys and values come in the same order. *out is freed with tdm_free(). */
 TDM_API int tdm_mdict_keys(tdm_proxy *d, tdm_bytes_list **out);
 TDM_API int tdm_mdict_values(tdm_proxy *d, tdm_bytes_list **out);
 TDM_API int tdm_mdict_items(tdm_proxy *d, tdm_bytes_list **out);
+/* Removes every key (d.clear()). */
 TDM_API int tdm_mdict_clear(tdm_proxy *d);
 
 /* ---- Lists (TDM_MLIST) ---------------------------------------------------------------------
  * Indexes count from 0, or from the end when negative (-1 is the last), as in Python. An index
  * out of range is -ERANGE (IndexError); a value not found is -ENOENT (ValueError). */
 
+/* Appends a copy of the item (l.append). */
 TDM_API int tdm_mlist_append(tdm_proxy *l, const void *val, size_t len);
+/* Appends n items at once: no other client's item lands between them (l.extend). */
 TDM_API int tdm_mlist_extend(tdm_proxy *l, const tdm_bytes *items, size_t n);
+/* The item at `index` in *val (yours to tdm_free()) and *len (l[i]). */
 TDM_API int tdm_mlist_get(tdm_proxy *l, int64_t index, void **val, size_t *len);
+/* Replaces the item at `index` (l[i] = value). */
 TDM_API int tdm_mlist_set(tdm_proxy *l, int64_t index, const void *val, size_t len);
 /* Inserts before `index`, clamped to the list as Python does (insert). */
 TDM_API int tdm_mlist_insert(tdm_proxy *l, int64_t index, const void *val, size_t len);
@@ -314,10 +332,12 @@ TDM_API int tdm_mlist_index(tdm_proxy *l, const void *val, size_t len, int64_t s
                             size_t *index);
 /* Removes the first item equal to `val` (remove). */
 TDM_API int tdm_mlist_remove(tdm_proxy *l, const void *val, size_t len);
+/* The number of items in *len (len(l)). */
 TDM_API int tdm_mlist_len(tdm_proxy *l, size_t *len);
 /* The items start..stop-1, with Python's slice rules (negative bounds count from the end, bounds
  * are clamped, an empty slice is not an error). */
 TDM_API int tdm_mlist_slice(tdm_proxy *l, int64_t start, int64_t stop, tdm_bytes_list **out);
+/* Removes every item (del l[:]). */
 TDM_API int tdm_mlist_clear(tdm_proxy *l);
 
 /* ---- Queues (TDM_MQUEUE) ------------------------------------------------------------------ */
@@ -328,6 +348,7 @@ TDM_API int tdm_mqueue_put(tdm_proxy *q, const void *msg, size_t len, int64_t ti
 /* Takes the oldest message, waiting up to `timeout` for one (free it with tdm_free()). Returns
  * 0 or -ETIMEDOUT (Empty). */
 TDM_API int tdm_mqueue_get(tdm_proxy *q, void **msg, size_t *len, int64_t timeout);
+/* The number of messages waiting in *n (qsize()). */
 TDM_API int tdm_mqueue_qsize(tdm_proxy *q, size_t *n);
 /* Joinable queues: marks one message done. Returns 0; TDM_EOVERRELEASE when more were marked
  * than were put; TDM_ETYPE for a queue that is not joinable. */
@@ -341,7 +362,9 @@ TDM_API int tdm_mqueue_join(tdm_proxy *q, int64_t timeout);
  * -EPERM when the caller does not hold it (any thread may release a plain lock held by anyone,
  * as in Python; an rlock only by the thread that holds it). */
 
+/* Takes the lock, waiting up to `timeout` (see above for the codes). */
 TDM_API int tdm_mlock_acquire(tdm_proxy *l, int64_t timeout);
+/* Gives the lock back (see above: -EPERM when the caller may not). */
 TDM_API int tdm_mlock_release(tdm_proxy *l);
 
 /* ---- Semaphores (TDM_MSEMAPHORE) ---------------------------------------------------------- */
@@ -350,11 +373,14 @@ TDM_API int tdm_mlock_release(tdm_proxy *l);
 TDM_API int tdm_msem_acquire(tdm_proxy *s, int64_t timeout);
 /* Gives back n permits (n >= 1). 0, or TDM_EOVERRELEASE for a bounded semaphore. */
 TDM_API int tdm_msem_release(tdm_proxy *s, unsigned n);
+/* The permits available now in *value. */
 TDM_API int tdm_msem_value(tdm_proxy *s, unsigned *value);
 
 /* ---- Events (TDM_MEVENT) ------------------------------------------------------------------ */
 
+/* Sets the event and wakes every waiter (set()). */
 TDM_API int tdm_mevent_set(tdm_proxy *e);
+/* Clears the event (clear()). */
 TDM_API int tdm_mevent_clear(tdm_proxy *e);
 /* Returns 1 when set, 0 when not, or an error. */
 TDM_API int tdm_mevent_is_set(tdm_proxy *e);
@@ -370,6 +396,7 @@ TDM_API int tdm_mevent_wait(tdm_proxy *e, int64_t timeout);
 TDM_API int tdm_mcond_wait(tdm_proxy *c, int64_t timeout);
 /* Wakes up to n waiters (notify(n)); the caller must hold the lock, else -EPERM. */
 TDM_API int tdm_mcond_notify(tdm_proxy *c, unsigned n);
+/* Wakes every waiter (notify_all()); the caller must hold the lock, else -EPERM. */
 TDM_API int tdm_mcond_notify_all(tdm_proxy *c);
 
 /* ---- Barriers (TDM_MBARRIER) -------------------------------------------------------------- */
@@ -388,21 +415,29 @@ TDM_API int tdm_mbarrier_state(tdm_proxy *b, unsigned *n_waiting, bool *broken);
 
 /* ---- Values (TDM_MVALUE_INT, TDM_MVALUE_FLOAT) --------------------------------------------- */
 
+/* An integer value's current value in *out (v.value). */
 TDM_API int tdm_mvalue_get_int(tdm_proxy *v, int64_t *out);
+/* Sets an integer value (v.value = x). */
 TDM_API int tdm_mvalue_set_int(tdm_proxy *v, int64_t value);
 /* Adds `delta` in one step (no lost updates between clients); *out (may be NULL) gets the new
  * value. Wraps around as unsigned arithmetic does. */
 TDM_API int tdm_mvalue_add_int(tdm_proxy *v, int64_t delta, int64_t *out);
+/* A float value's current value in *out. */
 TDM_API int tdm_mvalue_get_float(tdm_proxy *v, double *out);
+/* Sets a float value. */
 TDM_API int tdm_mvalue_set_float(tdm_proxy *v, double value);
+/* Adds `delta` in one step; *out (may be NULL) gets the new value. */
 TDM_API int tdm_mvalue_add_float(tdm_proxy *v, double delta, double *out);
 
 /* ---- Namespaces (TDM_MNAMESPACE) ----------------------------------------------------------
  * Fields are named by strings of 1 to 255 bytes (else -EINVAL); a missing one is -ENOENT
  * (AttributeError). */
 
+/* The field `name` in *val (yours to tdm_free()) and *len (ns.name). */
 TDM_API int tdm_mns_get(tdm_proxy *ns, const char *name, void **val, size_t *len);
+/* Sets the field `name` to a copy of the value (ns.name = value). */
 TDM_API int tdm_mns_set(tdm_proxy *ns, const char *name, const void *val, size_t len);
+/* Removes the field `name` (del ns.name). */
 TDM_API int tdm_mns_delete(tdm_proxy *ns, const char *name);
 /* The field names, in no order. */
 TDM_API int tdm_mns_names(tdm_proxy *ns, tdm_bytes_list **out);
