@@ -9,7 +9,9 @@
  * with owners, shared arrays, an arena allocator), process (processes and start methods), queue
  * (message queues), conn (pipes, connections, listeners and clients with authentication,
  * waiting on many objects), future and pool (pools of threads or processes: tasks, futures,
- * map and imap, crash recovery).
+ * map and imap, crash recovery), manager (shared objects in a server process). The cluster
+ * backend of the pool is a library of its own, libtandem-mpi, with its header tandem/cluster.h
+ * (not included here).
  */
 #ifndef TANDEM_H
 #define TANDEM_H

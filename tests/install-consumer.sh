@@ -31,4 +31,12 @@ if ldd "$tmp/pc-static" | grep -q libtandem; then
   echo "the static consumer is linked against the shared library" >&2
   exit 1
 fi
+# libtandem-mpi, where it was built: pkg-config tandem-mpi gives a program that links it.
+if [ -f "$libdir/pkgconfig/tandem-mpi.pc" ]; then
+  cc -o "$tmp/pc-mpi" "$src/tests/consumer/cluster.c" $(pkg-config --cflags --libs tandem-mpi) \
+    -Wl,-rpath,"$libdir"
+  "$tmp/pc-mpi"
+  ldd "$tmp/pc-mpi" | grep -q libtandem-mpi || { echo "pkg-config tandem-mpi: not linked" >&2; exit 1; }
+  echo "ok: pkg-config tandem-mpi"
+fi
 echo "ok: find_package(tandem) and pkg-config tandem, shared and static"

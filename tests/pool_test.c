@@ -809,8 +809,17 @@ TEST(backend_names) {
   CHECK(strcmp(tdm_pool_backend_name(TDM_POOL_THREADS), "threads") == 0);
   CHECK(strcmp(tdm_pool_backend_name(TDM_POOL_PROCESSES), "processes") == 0);
   CHECK(strcmp(tdm_pool_backend_name(TDM_POOL_AUTO), "auto") == 0);
-  CHECK(tdm_pool_backend_name((tdm_pool_backend)3) == NULL);
+  CHECK(strcmp(tdm_pool_backend_name(TDM_POOL_CLUSTER), "cluster") == 0);
+  CHECK(tdm_pool_backend_name((tdm_pool_backend)4) == NULL);
   CHECK(tdm_pool_backend_name((tdm_pool_backend)-1) == NULL);
+}
+
+TEST(cluster_pools_need_libtandem_mpi) {
+  /* This program does not link libtandem-mpi: no cluster backend is registered. */
+  tdm_pool *p = NULL;
+  tdm_pool_options o = { .backend = TDM_POOL_CLUSTER };
+  CHECK_EQ(tdm_pool_open(&p, &o), TDM_ECLUSTER);
+  CHECK(p == NULL);
 }
 
 TEST(null_options_open_a_thread_pool) {

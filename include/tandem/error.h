@@ -42,7 +42,10 @@ extern "C" {
   X(ETASKTIMEOUT, -1010, "the task ran past its timeout")                                    \
   X(EINIT, -1011, "a pool worker's initializer failed")                                      \
   X(EMANAGER, -1012, "the manager is gone: its process ended or the connection to it broke") \
-  X(ETYPE, -1013, "the object is not of the type the operation needs")
+  X(ETYPE, -1013, "the object is not of the type the operation needs")                       \
+  X(ECLUSTER, -1014,                                                                         \
+    "no cluster here: link libtandem-mpi and start the program with mpirun -np N (N >= 2)")  \
+  X(EMISMATCH, -1015, "a cluster rank runs a different build of the program or of tandem")
 
 enum tdm_error {
 #define TDM_ERROR_ENUM_(name, value, message) TDM_##name = (value),

@@ -87,7 +87,8 @@ typedef void (*tdm_pool_fini_fn)(const void *arg, size_t size);
 typedef enum tdm_pool_backend {
   TDM_POOL_THREADS = 0, /* threads of the calling process */
   TDM_POOL_PROCESSES,   /* child processes (daemons), under tdm_pool_options.start */
-  TDM_POOL_AUTO         /* threads, as many as the work needs: see docs/pool.md */
+  TDM_POOL_AUTO,        /* threads, as many as the work needs: see docs/pool.md */
+  TDM_POOL_CLUSTER      /* the ranks of an MPI job (libtandem-mpi, tandem/cluster.h) */
 } tdm_pool_backend;
 
 /* Options for tdm_pool_open(); NULL means all defaults. */
@@ -97,7 +98,9 @@ typedef struct tdm_pool_options {
                                    process's current method (process.h) */
   unsigned workers;             /* workers; 0: tdm_cpu_count() for processes, Python's
                                    min(32, cpus + 4) for threads; for TDM_POOL_AUTO the most
-                                   it may grow to (0: 64 or 8 x cpus, whichever is more) */
+                                   it may grow to (0: 64 or 8 x cpus, whichever is more); for
+                                   TDM_POOL_CLUSTER the worker ranks to use (0, or more than
+                                   the job has: all of them) */
   tdm_pool_init_fn initializer; /* NULL for none. If it fails in a worker at open, open fails
                                    with TDM_EINIT and nothing is left running; if it fails in a
                                    replacement worker later, the pool is broken: pending and
@@ -123,6 +126,12 @@ typedef struct tdm_pool_options {
   size_t max_result;             /* processes: the largest argument or result in bytes;
                                     0: 64 MiB */
   const char *name;              /* worker names are "<name>-<n>"; NULL: "PoolWorker" */
+  unsigned rank_workers;         /* cluster: 0: each worker rank runs one task at a time in
+                                    its own process; n: each worker rank runs a pool of its
+                                    own with n workers of rank_backend (hybrid), which applies
+                                    start, timeouts, retries and recycling as on one machine */
+  tdm_pool_backend rank_backend; /* cluster with rank_workers: TDM_POOL_THREADS,
+                                    TDM_POOL_PROCESSES or TDM_POOL_AUTO */
 } tdm_pool_options;
 
 /*
@@ -133,7 +142,10 @@ typedef struct tdm_pool_options {
  * TDM_EINIT when an initializer failed (nothing is left running); -ENOMEM; -EAGAIN when a
  * thread or process cannot be started; TDM_EDAEMON when called in a daemon process with the
  * process backend; TDM_ECHILDINIT when a worker died before it was ready; the other errors of
- * tdm_process_start().
+ * tdm_process_start(). TDM_POOL_CLUSTER (tandem/cluster.h): TDM_ECLUSTER when the program
+ * does not link libtandem-mpi, was not started by mpirun, has no worker rank, or is a worker
+ * rank itself; TDM_EMISMATCH when a rank runs another build; -EBUSY while another cluster pool
+ * is open; -EINVAL for rank_backend TDM_POOL_CLUSTER.
  */
 TDM_API int tdm_pool_open(tdm_pool **out, const tdm_pool_options *opt);
 
@@ -311,7 +323,7 @@ TDM_API size_t tdm_pool_worker_stats_get(tdm_pool *p, tdm_pool_worker_stats *out
 /* The backend in use. */
 TDM_API tdm_pool_backend tdm_pool_backend_get(const tdm_pool *p);
 
-/* "threads", "processes" or "auto"; NULL for a value that is not a backend. */
+/* "threads", "processes", "auto" or "cluster"; NULL for a value that is not a backend. */
 TDM_API const char *tdm_pool_backend_name(tdm_pool_backend b);
 
 /*

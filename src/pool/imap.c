@@ -28,7 +28,8 @@
 /* The argument of a chunk task; the object's path, the map's argument and the items follow. */
 struct chunk_hdr {
   uint32_t magic;
-  int32_t pid;  /* the process that packed it: the pointer is valid there */
+  int32_t pid;  /* the process that packed it: the pointer is valid there; 0 when the pool's
+                   workers are other processes (a cluster rank may have any pid) */
   uint64_t fn;  /* the item function's address in that process */
   uint64_t off; /* its offset in the object */
   uint64_t n, in_size, out_size, arg_size;
@@ -108,15 +109,14 @@ static int open_common(tdm_imap **out, tdm_pool *p, tdm_map_fn fn, size_t in_siz
                        const tdm_map_options *opt, tdm_imap *it) {
   static const tdm_map_options defaults;
   if (opt == NULL) opt = &defaults;
-  if (p->opt.backend == TDM_POOL_PROCESSES && opt->arg_size > p->opt.max_result) return -EMSGSIZE;
+  if (tdm__pool_remote(p) && opt->arg_size > p->opt.max_result) return -EMSGSIZE;
   int r = atomic_load(&p->closed) ? -EPIPE : atomic_load(&p->broken);
   if (r != 0) return r;
   const char *object = "";
   uint64_t off = 0;
   void *addr;
   memcpy(&addr, &fn, sizeof addr);
-  if (p->opt.backend == TDM_POOL_PROCESSES && (r = tdm__fn_locate(addr, &object, &off)) != 0)
-    return r;
+  if (tdm__pool_remote(p) && (r = tdm__fn_locate(addr, &object, &off)) != 0) return r;
   unsigned workers = p->opt.workers > 0 ? p->opt.workers : 1;
   it->p = p;
   it->fn = fn;
@@ -149,7 +149,7 @@ static int open_common(tdm_imap **out, tdm_pool *p, tdm_map_fn fn, size_t in_siz
     return -ENOMEM;
   }
   struct chunk_hdr h = { .magic = CHUNK_MAGIC,
-                         .pid = (int32_t)tdm__self_pid(),
+                         .pid = tdm__pool_remote(p) ? 0 : (int32_t)tdm__self_pid(),
                          .fn = (uint64_t)(uintptr_t)addr,
                          .off = off,
                          .in_size = in_size,

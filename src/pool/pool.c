@@ -18,6 +18,8 @@
 #include <time.h>
 
 #include "pool/pool.h"
+#include "pool/spi.h"
+#include "process/process.h"
 #include "tandem/process.h"
 
 #define POOL_MAGIC TDM__MAGIC('p', 'o', 'o', 'l')
@@ -46,6 +48,34 @@ int tdm__pool_broken_status(tdm_pool *p) {
   return (int)(uint32_t)(atomic_load(&p->broken_why) >> 32);
 }
 
+/* The cluster backend, once libtandem-mpi has registered it. */
+static const struct tdm__backend *_Atomic cluster_backend;
+
+static int register_cluster(const struct tdm__backend *be) {
+  if (be != NULL && (be->open == NULL || be->submit == NULL || be->map == NULL)) return -EINVAL;
+  atomic_store(&cluster_backend, be);
+  return 0;
+}
+
+const struct tdm__pool_spi *tdm__pool_spi(unsigned version) {
+  static const struct tdm__pool_spi spi = {
+    .version = TDM__POOL_SPI_VERSION,
+    .size = sizeof spi,
+    .register_cluster = register_cluster,
+    .future_start = tdm__future_start,
+    .future_finish = tdm__future_finish,
+    .future_cancel_pending = tdm__future_cancel_pending,
+    .future_unref = tdm__future_unref,
+    .fn_locate = tdm__fn_locate,
+    .fn_resolve = tdm__fn_resolve,
+    .alloc = tdm__alloc,
+    .calloc = tdm__calloc,
+    .free = tdm__free,
+    .thread_cpu_ns = tdm__thread_cpu_ns,
+  };
+  return version == TDM__POOL_SPI_VERSION ? &spi : NULL;
+}
+
 const char *tdm_pool_backend_name(tdm_pool_backend b) {
   switch (b) {
   case TDM_POOL_THREADS:
@@ -54,6 +84,8 @@ const char *tdm_pool_backend_name(tdm_pool_backend b) {
     return "processes";
   case TDM_POOL_AUTO:
     return "auto";
+  case TDM_POOL_CLUSTER:
+    return "cluster";
   }
   return NULL;
 }
@@ -86,6 +118,13 @@ int tdm_pool_open(tdm_pool **out, const tdm_pool_options *opt) {
       (opt->name != NULL && (opt->name[0] == '\0' || strlen(opt->name) > 200)))
     return -EINVAL;
   if (opt->backend == TDM_POOL_PROCESSES && tdm_process_is_daemon()) return TDM_EDAEMON;
+  const struct tdm__backend *cluster = atomic_load(&cluster_backend);
+  if (opt->backend == TDM_POOL_CLUSTER) {
+    if (cluster == NULL) return TDM_ECLUSTER;
+    if (opt->rank_workers > 0 &&
+        (opt->rank_backend == TDM_POOL_CLUSTER || tdm_pool_backend_name(opt->rank_backend) == NULL))
+      return -EINVAL;
+  }
 
   tdm_pool *p = tdm__calloc(1, sizeof *p);
   if (p == NULL) return -ENOMEM;
@@ -103,6 +142,8 @@ int tdm_pool_open(tdm_pool **out, const tdm_pool_options *opt) {
     case TDM_POOL_AUTO:
       p->opt.workers = 8 * cpus > 64 ? 8 * cpus : 64;
       break;
+    case TDM_POOL_CLUSTER:
+      break; /* the backend counts the ranks */
     }
     if (p->opt.workers > MAX_WORKERS) p->opt.workers = MAX_WORKERS;
   }
@@ -118,7 +159,9 @@ int tdm_pool_open(tdm_pool **out, const tdm_pool_options *opt) {
   p->opt.name = p->name_copy;
   p->opt.init_arg = p->init_copy;
   p->opened_ns = tdm_clock_now();
-  p->be = opt->backend == TDM_POOL_PROCESSES ? &tdm__backend_processes : &tdm__backend_threads;
+  p->be = opt->backend == TDM_POOL_PROCESSES ? &tdm__backend_processes
+          : opt->backend == TDM_POOL_CLUSTER ? cluster
+                                             : &tdm__backend_threads;
   int r = p->be->open(p);
   if (r != 0) {
     pool_free(p);
@@ -151,7 +194,7 @@ static void close_door(tdm_pool *p) {
 
 int tdm__pool_submit_internal(tdm_pool *p, tdm_task_fn fn, const void *arg, size_t size,
                               int64_t timeout, bool internal, tdm_future **out) {
-  if (p->opt.backend == TDM_POOL_PROCESSES && size > p->opt.max_result) return -EMSGSIZE;
+  if (tdm__pool_remote(p) && size > p->opt.max_result) return -EMSGSIZE;
   int r = enter(p);
   if (r != 0) return r;
   struct tdm_future *f = tdm__future_new(p, fn, arg, size, timeout);
@@ -206,7 +249,7 @@ int tdm_pool_map(tdm_pool *p, tdm_map_fn fn, const void *in, size_t in_size, voi
   int r = tdm__map_check(fn, in, in_size, n, opt);
   if (r != 0) return r;
   if (!valid_array(out, out_size, n)) return -EINVAL;
-  if (p->opt.backend == TDM_POOL_PROCESSES && opt->arg_size > p->opt.max_result) return -EMSGSIZE;
+  if (tdm__pool_remote(p) && opt->arg_size > p->opt.max_result) return -EMSGSIZE;
   if ((r = enter(p)) != 0) return r;
   struct tdm__map m = { .fn = fn,
                         .arg = opt->arg,

@@ -185,6 +185,7 @@ struct tdm__backend {
 
 extern const struct tdm__backend tdm__backend_threads;   /* threads.c: THREADS and AUTO */
 extern const struct tdm__backend tdm__backend_processes; /* procs.c */
+/* The cluster backend lives in libtandem-mpi, which registers it through the SPI (spi.h). */
 
 /* ---- The pool -------------------------------------------------------------------------------- */
 
@@ -210,6 +211,12 @@ struct tdm_pool {
   struct tdm__pool_counters c;
   void *be_state; /* the backend's */
 };
+
+/* Whether tasks run in another process (processes, cluster): their functions travel as
+ * (loaded object, offset), and max_result bounds arguments and results. */
+static inline bool tdm__pool_remote(const tdm_pool *p) {
+  return p->opt.backend == TDM_POOL_PROCESSES || p->opt.backend == TDM_POOL_CLUSTER;
+}
 
 /* tdm_pool_submit() with a resolved timeout; `internal` for imap's chunks (not counted as
  * submitted). */
