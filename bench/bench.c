@@ -868,9 +868,9 @@ static void print_table(const bench_ctx *ctx, const size_t *order) {
          "operations),\none round trip (ping-pong, hand-off), one child started and reaped "
          "(process/start),\none message delivered (queue/64b, queue/1mib: wall time / all "
          "messages; the rates\nthat the times make follow the ratio, GB = 10^9 bytes), one "
-         "proxy call (manager/*: wall time /\nall clients' calls), or for pools (pool/*: wall "
-         "time from the first submit to the last\nresult) one map item, one task, or one batch "
-         "of 64 waiting tasks (pool/wait-*).\n"
+         "proxy call (manager/*: wall time /\nall clients' calls), or for pools (pool/*, "
+         "cluster/*: wall time from the first submit to\nthe last result) one map item, one "
+         "task, or one batch of 64 waiting tasks (pool/wait-*).\n"
          "ratio = peer / tandem: how many times faster tandem is (below 1.00x, tandem is "
          "slower);\n\"goal >= Rx\" says whether this run's ratio meets a goal of the project.\n\n");
 

@@ -1,13 +1,14 @@
 /*
  * bench.h: the benchmark harness shared by every suite of `tandem bench`.
  *
- * A suite (sync_bench.c, process_bench.c, queue_bench.c, manager_bench.c, pool_bench.c) describes
- * each workload as a key, iteration counts and a list of implementations: tandem's first, then its
- * peers. Each implementation is a function that performs one timed run of a given number of
- * operations and reports nanoseconds per operation. The harness selects workloads (--filter), warms
- * every implementation up once, repeats the runs round-robin across implementations (so that a
- * drift of the machine's speed hits them all alike), keeps the median, runs the CPython peer
- * scripts in bench/peers/ and prints the table, the JSON or the CSV, and draws the chart.
+ * A suite (sync_bench.c, process_bench.c, queue_bench.c, manager_bench.c, pool_bench.c,
+ * cluster_suite.c) describes each workload as a key, iteration counts and a list of
+ * implementations: tandem's first, then its peers. Each implementation is a function that performs
+ * one timed run of a given number of operations and reports nanoseconds per operation. The harness
+ * selects workloads (--filter), warms every implementation up once, repeats the runs round-robin
+ * across implementations (so that a drift of the machine's speed hits them all alike), keeps the
+ * median, runs the CPython peer scripts in bench/peers/ and prints the table, the JSON or the CSV,
+ * and draws the chart.
  *
  * Helpers for the workloads themselves are here too: memory that forked children share, a
  * "party" that is either a thread or a child process, and a start gate.
@@ -197,5 +198,9 @@ void bench_manager_suite(bench_ctx *ctx);
 
 /* Pools: map, CPU-bound tasks, waiting tasks, submit-and-wait, per backend (pool_bench.c). */
 void bench_pool_suite(bench_ctx *ctx);
+
+/* The cluster backend on 1-4 worker ranks against the process backend: map and CPU-bound
+ * tasks, each cluster run a job of tandem-cluster-bench under mpirun (cluster_suite.c). */
+void bench_cluster_suite(bench_ctx *ctx);
 
 #endif /* TDM_BENCH_H */

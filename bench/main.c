@@ -33,7 +33,9 @@ static void usage(FILE *f) {
              "concurrent.futures), and prints ratios\n"
              "(peer time / tandem time: how many times faster tandem is).\n"
              "The workloads' names start with their suite: lock/, rlock/, cond/, sem/,\n"
-             "event/, process/, queue/, manager/, pool/ (--filter manager/ runs one suite).\n"
+             "event/, process/, queue/, manager/, cluster/, pool/ (--filter manager/ runs\n"
+             "one suite). cluster/ runs tandem-cluster-bench under mpirun (1-4 worker\n"
+             "ranks) against the process backend; without MPI its rows are skipped.\n"
              "\n"
              "  --quick             3 runs with fewer iterations (default: 5 runs)\n"
              "  --runs N            timed runs per measurement (the median is reported)\n"
@@ -189,6 +191,8 @@ int bench_main(int argc, char **argv) {
   /* Before the pools: the manager suite forks its clients, and OpenMP's team, which the pool
    * suite starts, keeps its threads until the program ends. */
   bench_manager_suite(ctx);
+  /* The cluster suite forks mpirun, so it runs before OpenMP's team exists too. */
+  bench_cluster_suite(ctx);
   bench_pool_suite(ctx);
   return bench_finish(ctx);
 }
