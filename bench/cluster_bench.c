@@ -37,31 +37,6 @@
 #define CPU_COUNT  UINT64_C(10000000)
 #define WARM_COUNT UINT64_C(1000000) /* the warm-up tasks' sum: short */
 
-/* The same body as pool_bench.c's: a volatile accumulator, so the loop stays a loop. */
-__attribute__((noinline)) uint64_t bench_sum_to(uint64_t n) {
-  volatile uint64_t s = 0;
-  for (uint64_t i = 0; i < n; i++)
-    s += i;
-  return s;
-}
-
-static int map_item_fn(const void *in, void *out, const void *arg) {
-  (void)arg;
-  int64_t x;
-  memcpy(&x, in, sizeof x);
-  x = bench_map_item(x);
-  memcpy(out, &x, sizeof x);
-  return 0;
-}
-
-static int cpu_task(tdm_task *task, const void *arg, size_t size) {
-  uint64_t n;
-  if (size != sizeof n) return 1;
-  memcpy(&n, arg, sizeof n);
-  uint64_t s = bench_sum_to(n);
-  return tdm_task_set_result(task, &s, sizeof s);
-}
-
 /* Says what failed, on stderr for people and on stdout for the suite; returns r. */
 static int failed(const char *what, int r) {
   fprintf(stderr, "tandem-cluster-bench: %s: %s\n", what, tdm_strerror(r));
@@ -78,13 +53,13 @@ static int run_map(tdm_pool *p, int64_t iters, int64_t *elapsed, int64_t *ops) {
   int r = in != NULL && out != NULL ? 0 : -ENOMEM;
   for (size_t i = 0; r == 0 && i < n; i++)
     in[i] = (int64_t)i;
-  if (r == 0) r = tdm_pool_map(p, map_item_fn, in, sizeof *in, out, sizeof *out, n, NULL);
+  if (r == 0) r = tdm_pool_map(p, bench_map_item_fn, in, sizeof *in, out, sizeof *out, n, NULL);
   if (r == 0) memset(out, 0, n * sizeof *out); /* a map that writes nothing fails the check */
   *elapsed = 0;
   *ops = maps * (int64_t)n;
   for (int64_t k = 0; r == 0 && k < maps; k++) {
     int64_t t0 = tdm_clock_now();
-    r = tdm_pool_map(p, map_item_fn, in, sizeof *in, out, sizeof *out, n, NULL);
+    r = tdm_pool_map(p, bench_map_item_fn, in, sizeof *in, out, sizeof *out, n, NULL);
     *elapsed += tdm_clock_now() - t0;
   }
   if (r != 0) failed("tdm_pool_map", r);
@@ -107,7 +82,7 @@ static int sums(tdm_pool *p, size_t tasks, uint64_t count) {
   size_t submitted = 0;
   int r = 0;
   for (; submitted < tasks; submitted++) {
-    r = tdm_pool_submit(p, cpu_task, &count, sizeof count, NULL, &fs[submitted]);
+    r = tdm_pool_submit(p, bench_cpu_task, &count, sizeof count, NULL, &fs[submitted]);
     if (r != 0) {
       failed("tdm_pool_submit", r);
       break;

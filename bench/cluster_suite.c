@@ -55,24 +55,7 @@
 #define TDM_BENCH_PEERS_FROM_BIN "../share/tandem/peers"
 #endif
 
-/* ---- The work (the same as pool_bench.c's) -------------------------------------------------- */
-
-static int map_item_fn(const void *in, void *out, const void *arg) {
-  (void)arg;
-  int64_t x;
-  memcpy(&x, in, sizeof x);
-  x = bench_map_item(x);
-  memcpy(out, &x, sizeof x);
-  return 0;
-}
-
-static int cpu_task(tdm_task *task, const void *arg, size_t size) {
-  uint64_t n;
-  if (size != sizeof n) return 1;
-  memcpy(&n, arg, sizeof n);
-  uint64_t s = bench_sum_to(n);
-  return tdm_task_set_result(task, &s, sizeof s);
-}
+/* The work is pool_work.c's, as pool_bench.c's is. */
 
 static void settle(void) {
   struct timespec t = { 0, SETTLE_NS };
@@ -295,18 +278,7 @@ static int pool_get(unsigned workers, tdm_pool **out) {
 static int64_t *map_in, *map_out;
 
 static int map_arrays(void) {
-  if (map_in != NULL) return 0;
-  map_in = malloc(MAP_ITEMS * sizeof *map_in);
-  map_out = malloc(MAP_ITEMS * sizeof *map_out);
-  if (map_in == NULL || map_out == NULL) {
-    free(map_in);
-    free(map_out);
-    map_in = map_out = NULL;
-    return -ENOMEM;
-  }
-  for (int64_t i = 0; i < MAP_ITEMS; i++)
-    map_in[i] = i;
-  return 0;
+  return bench_map_arrays(MAP_ITEMS, &map_in, &map_out);
 }
 
 static int run_map(const void *arg, int64_t iters, double *ns) {
@@ -323,7 +295,7 @@ static int run_map(const void *arg, int64_t iters, double *ns) {
   for (int64_t k = 0; k < maps && r == 0; k++) {
     int64_t t0 = tdm_clock_now();
     if (a->kind == PROCESSES) {
-      r = failed("tdm_pool_map", tdm_pool_map(p, map_item_fn, map_in, sizeof *map_in, map_out,
+      r = failed("tdm_pool_map", tdm_pool_map(p, bench_map_item_fn, map_in, sizeof *map_in, map_out,
                                               sizeof *map_out, n, NULL));
     } else {
       for (size_t i = 0; i < n; i++)
@@ -359,7 +331,7 @@ static int run_cpu(const void *arg, int64_t iters, double *ns) {
       size_t submitted = 0;
       while (submitted < tasks && r == 0) {
         r = failed("tdm_pool_submit",
-                   tdm_pool_submit(p, cpu_task, &count, sizeof count, NULL, &fs[submitted]));
+                   tdm_pool_submit(p, bench_cpu_task, &count, sizeof count, NULL, &fs[submitted]));
         if (r == 0) submitted++;
       }
       for (size_t i = 0; i < submitted; i++) {
@@ -444,7 +416,5 @@ void bench_cluster_suite(bench_ctx *ctx) {
     snprintf(key, sizeof key, "cluster/cpu-16x10m/%u-worker%s", k + 1, k ? "s" : "");
     measure(ctx, key, CPU_TASKS, CPU_QUICK, BENCH_RATE_NONE, impls, BENCH_COUNT(impls));
   }
-  free(map_in);
-  free(map_out);
-  map_in = map_out = NULL;
+  bench_map_arrays_free(&map_in, &map_out);
 }

@@ -68,34 +68,10 @@
 
 /* ---- The work ------------------------------------------------------------------------------- */
 
-__attribute__((noinline)) uint64_t bench_sum_to(uint64_t n) {
-  volatile uint64_t s = 0; /* volatile: the compiler must not turn the loop into a formula */
-  for (uint64_t i = 0; i < n; i++)
-    s += i;
-  return s;
-}
-
 void bench_wait_50ms(void) {
   struct timespec t = { 0, 50 * 1000 * 1000 };
   while (clock_nanosleep(CLOCK_MONOTONIC, 0, &t, &t) == EINTR) {
   }
-}
-
-static int map_item_fn(const void *in, void *out, const void *arg) {
-  (void)arg;
-  int64_t x;
-  memcpy(&x, in, sizeof x);
-  x = bench_map_item(x);
-  memcpy(out, &x, sizeof x);
-  return 0;
-}
-
-static int cpu_task(tdm_task *task, const void *arg, size_t size) {
-  uint64_t n;
-  if (size != sizeof n) return 1;
-  memcpy(&n, arg, sizeof n);
-  uint64_t s = bench_sum_to(n);
-  return tdm_task_set_result(task, &s, sizeof s);
 }
 
 static int wait_task(tdm_task *task, const void *arg, size_t size) {
@@ -173,18 +149,7 @@ static int failed(const char *what, int r) {
 static int64_t *map_in, *map_out;
 
 static int map_arrays(void) {
-  if (map_in != NULL) return 0;
-  map_in = malloc(MAP_ITEMS * sizeof *map_in);
-  map_out = malloc(MAP_ITEMS * sizeof *map_out);
-  if (map_in == NULL || map_out == NULL) {
-    free(map_in);
-    free(map_out);
-    map_in = map_out = NULL;
-    return -ENOMEM;
-  }
-  for (int64_t i = 0; i < MAP_ITEMS; i++)
-    map_in[i] = i;
-  return 0;
+  return bench_map_arrays(MAP_ITEMS, &map_in, &map_out);
 }
 
 static int map_check(size_t n) {
@@ -203,7 +168,8 @@ static int map_once(const impl_arg *a, tdm_pool *p, size_t n, int64_t *elapsed) 
   int64_t t0 = tdm_clock_now();
   switch (a->kind) {
   case TANDEM: {
-    int r = tdm_pool_map(p, map_item_fn, map_in, sizeof *map_in, map_out, sizeof *map_out, n, NULL);
+    int r = tdm_pool_map(p, bench_map_item_fn, map_in, sizeof *map_in, map_out, sizeof *map_out, n,
+                         NULL);
     *elapsed = tdm_clock_now() - t0;
     return failed("tdm_pool_map", r);
   }
@@ -215,7 +181,7 @@ static int map_once(const impl_arg *a, tdm_pool *p, size_t n, int64_t *elapsed) 
   case OMP:
     return bench_omp_map(map_in, map_out, n, elapsed);
   case OMP_FN:
-    return bench_omp_map_fn(map_item_fn, map_in, map_out, n, elapsed);
+    return bench_omp_map_fn(bench_map_item_fn, map_in, map_out, n, elapsed);
   case GLIB: {
     size_t chunk = n / (4 * cores());
     return bench_glib_map(map_in, map_out, n, chunk ? chunk : 1, cores(), elapsed);
@@ -293,7 +259,7 @@ static int run_cpu(const void *arg, int64_t iters, double *ns) {
     int64_t t0 = tdm_clock_now();
     switch (a->kind) {
     case TANDEM:
-      r = submit_and_wait(p, cpu_task, &count, sizeof count, tasks, fs, sums);
+      r = submit_and_wait(p, bench_cpu_task, &count, sizeof count, tasks, fs, sums);
       elapsed = tdm_clock_now() - t0;
       break;
     case SEQUENTIAL:
@@ -530,7 +496,5 @@ void bench_pool_suite(bench_ctx *ctx) {
   free(submit_fs);
   submit_fs = NULL;
   submit_cap = 0;
-  free(map_in);
-  free(map_out);
-  map_in = map_out = NULL;
+  bench_map_arrays_free(&map_in, &map_out);
 }

@@ -29,6 +29,16 @@ static inline int64_t bench_map_item(int64_t x) {
  * the compiler cannot turn the loop into a formula. Not inlined: one copy for everyone. */
 uint64_t bench_sum_to(uint64_t n);
 
+/* The map workload's item function (out = bench_map_item(in), int64) and the CPU workload's
+ * task (its argument a uint64 n, its result bench_sum_to(n)): pool_work.c. */
+int bench_map_item_fn(const void *in, void *out, const void *arg);
+int bench_cpu_task(tdm_task *task, const void *arg, size_t size);
+
+/* The map workload's arrays: in[i] = i and room for the outputs, n items each, made once (0
+ * when *in is already set, or -ENOMEM), and freed. */
+int bench_map_arrays(size_t n, int64_t **in, int64_t **out);
+void bench_map_arrays_free(int64_t **in, int64_t **out);
+
 /* Waits 50 ms (clock_nanosleep, resumed after a signal). */
 void bench_wait_50ms(void);
 

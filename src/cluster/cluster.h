@@ -141,7 +141,9 @@ int tdm__cl_recv(int source, void **buf, size_t *cap, int *len, int *tag, int *f
 /* Polls once: like tdm__cl_recv() but returns -EAGAIN at once when nothing is there. */
 int tdm__cl_try_recv(int source, void **buf, size_t *cap, int *len, int *tag, int *from);
 
-/* Writes an unsigned decimal into buf (async-signal-safe); returns the characters written. */
-size_t tdm__cl_fmt_u64(char *buf, uint64_t v);
+/* For the reports that signal handlers write (async-signal-safe): append a string, or an
+ * unsigned decimal, at buf[at], writing no further than buf[cap - 1]; return the new end. */
+size_t tdm__cl_put(char *buf, size_t at, size_t cap, const char *s);
+size_t tdm__cl_put_u(char *buf, size_t at, size_t cap, uint64_t v);
 
 #endif /* TDM_CLUSTER_CLUSTER_H */

@@ -117,47 +117,34 @@ static void poke(struct cl *c) {
 
 /* ---- The SIGTERM report ---------------------------------------------------------------------- */
 
-static size_t put(char *b, size_t at, size_t cap, const char *s) {
-  while (*s != '\0' && at < cap)
-    b[at++] = *s++;
-  return at;
-}
-
-static size_t put_u(char *b, size_t at, size_t cap, uint64_t v) {
-  char d[24];
-  size_t n = tdm__cl_fmt_u64(d, v);
-  d[n] = '\0';
-  return put(b, at, cap, d);
-}
-
 /* Async-signal-safe; reads the ranks' windows without a lock (the process is ending). */
 static void on_term(int sig) {
   char line[2048];
   size_t cap = sizeof line - 1, n = 0;
-  n = put(line, n, cap, "tandem cluster: rank 0 stopped by signal ");
-  n = put_u(line, n, cap, (uint64_t)sig);
-  n = put(line, n, cap, " (the job is ending, as when a rank dies); in flight:");
+  n = tdm__cl_put(line, n, cap, "tandem cluster: rank 0 stopped by signal ");
+  n = tdm__cl_put_u(line, n, cap, (uint64_t)sig);
+  n = tdm__cl_put(line, n, cap, " (the job is ending, as when a rank dies); in flight:");
   struct cl *c = atomic_load(&open_cl);
   bool any = false;
   for (unsigned i = 0; c != NULL && i < c->nr; i++) {
     for (unsigned k = 0; k < c->window; k++) {
       const struct unit *u = &c->r[i].u[k];
       if (u->id == 0) continue;
-      n = put(line, n, cap, any ? ", rank " : " rank ");
-      n = put_u(line, n, cap, (uint64_t)c->r[i].mpi_rank);
-      n = put(line, n, cap, u->f != NULL ? ": task " : ": map chunk ");
-      n = put_u(line, n, cap, u->id);
+      n = tdm__cl_put(line, n, cap, any ? ", rank " : " rank ");
+      n = tdm__cl_put_u(line, n, cap, (uint64_t)c->r[i].mpi_rank);
+      n = tdm__cl_put(line, n, cap, u->f != NULL ? ": task " : ": map chunk ");
+      n = tdm__cl_put_u(line, n, cap, u->id);
       if (u->f == NULL) {
-        n = put(line, n, cap, " (items ");
-        n = put_u(line, n, cap, u->lo);
-        n = put(line, n, cap, "-");
-        n = put_u(line, n, cap, u->hi - 1);
-        n = put(line, n, cap, ")");
+        n = tdm__cl_put(line, n, cap, " (items ");
+        n = tdm__cl_put_u(line, n, cap, u->lo);
+        n = tdm__cl_put(line, n, cap, "-");
+        n = tdm__cl_put_u(line, n, cap, u->hi - 1);
+        n = tdm__cl_put(line, n, cap, ")");
       }
       any = true;
     }
   }
-  if (!any) n = put(line, n, cap, " nothing");
+  if (!any) n = tdm__cl_put(line, n, cap, " nothing");
   line[n++] = '\n';
   ssize_t w = write(STDERR_FILENO, line, n);
   (void)w;

@@ -90,16 +90,22 @@ int tdm__cl_recv(int source, void **buf, size_t *cap, int *len, int *tag, int *f
   }
 }
 
-size_t tdm__cl_fmt_u64(char *buf, uint64_t v) {
+size_t tdm__cl_put(char *buf, size_t at, size_t cap, const char *s) {
+  while (*s != '\0' && at < cap)
+    buf[at++] = *s++;
+  return at;
+}
+
+size_t tdm__cl_put_u(char *buf, size_t at, size_t cap, uint64_t v) {
   char tmp[24];
   size_t n = 0;
   do {
     tmp[n++] = (char)('0' + v % 10);
     v /= 10;
   } while (v > 0);
-  for (size_t i = 0; i < n; i++)
-    buf[i] = tmp[n - 1 - i];
-  return n;
+  while (n > 0 && at < cap)
+    buf[at++] = tmp[--n];
+  return at;
 }
 
 /* ---- Fingerprints ---------------------------------------------------------------------------- */
@@ -296,19 +302,6 @@ static struct sigaction fatal_old[NSIG];
 static char fatal_host[MPI_MAX_PROCESSOR_NAME];
 static const int fatal_signals[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT };
 
-static size_t put(char *buf, size_t at, size_t cap, const char *s) {
-  while (*s != '\0' && at < cap)
-    buf[at++] = *s++;
-  return at;
-}
-
-static size_t put_u(char *buf, size_t at, size_t cap, uint64_t v) {
-  char d[24];
-  size_t n = tdm__cl_fmt_u64(d, v);
-  d[n] = '\0';
-  return put(buf, at, cap, d);
-}
-
 /* Async-signal-safe: one line on stderr, then the signal goes on as it would have. */
 static void on_fatal(int sig) {
   if (getpid() != tdm__cl.pid) {
@@ -319,25 +312,26 @@ static void on_fatal(int sig) {
   }
   char line[512];
   size_t cap = sizeof line - 1, n = 0;
-  n = put(line, n, cap, "tandem cluster: rank ");
-  n = put_u(line, n, cap, (uint64_t)tdm__cl.rank);
-  n = put(line, n, cap, " (host ");
-  n = put(line, n, cap, fatal_host);
-  n = put(line, n, cap, ", pid ");
-  n = put_u(line, n, cap, (uint64_t)getpid());
-  n = put(line, n, cap, ") died of signal ");
-  n = put_u(line, n, cap, (uint64_t)sig);
-  n = put(line, n, cap, " (");
-  n = put(line, n, cap, sigabbrev_np(sig) != NULL ? sigabbrev_np(sig) : "?");
+  n = tdm__cl_put(line, n, cap, "tandem cluster: rank ");
+  n = tdm__cl_put_u(line, n, cap, (uint64_t)tdm__cl.rank);
+  n = tdm__cl_put(line, n, cap, " (host ");
+  n = tdm__cl_put(line, n, cap, fatal_host);
+  n = tdm__cl_put(line, n, cap, ", pid ");
+  n = tdm__cl_put_u(line, n, cap, (uint64_t)getpid());
+  n = tdm__cl_put(line, n, cap, ") died of signal ");
+  n = tdm__cl_put_u(line, n, cap, (uint64_t)sig);
+  n = tdm__cl_put(line, n, cap, " (");
+  n = tdm__cl_put(line, n, cap, sigabbrev_np(sig) != NULL ? sigabbrev_np(sig) : "?");
   uint64_t id = atomic_load(&current.id);
   if (id != 0) {
-    n = put(line, n, cap, atomic_load(&current.chunk) ? ") running map chunk " : ") running task ");
-    n = put_u(line, n, cap, id);
-    n = put(line, n, cap, " (");
-    n = put(line, n, cap, current.fn);
-    n = put(line, n, cap, ")");
+    n = tdm__cl_put(line, n, cap,
+                    atomic_load(&current.chunk) ? ") running map chunk " : ") running task ");
+    n = tdm__cl_put_u(line, n, cap, id);
+    n = tdm__cl_put(line, n, cap, " (");
+    n = tdm__cl_put(line, n, cap, current.fn);
+    n = tdm__cl_put(line, n, cap, ")");
   } else {
-    n = put(line, n, cap, ") between tasks");
+    n = tdm__cl_put(line, n, cap, ") between tasks");
   }
   line[n++] = '\n';
   ssize_t w = write(STDERR_FILENO, line, n);
@@ -562,24 +556,39 @@ static void on_local_done(tdm_future *f, void *arg) {
   pthread_mutex_unlock(&w->mu);
 }
 
+/*
+ * Reads a unit's header (*u), checks that the message holds what it announces (`items` bytes
+ * of inputs after the object path and the argument), and resolves its function. Returns the
+ * function, with *arg at the argument and *name set; NULL after answering with the error.
+ */
+static void *unit_open(struct worker *w, const unsigned char *m, size_t len, struct tdm__cl_unit *u,
+                       const unsigned char **arg, const char **name) {
+  if (len < sizeof *u) return NULL; /* no id to answer to: not from rank 0 */
+  memcpy(u, m, sizeof *u);
+  size_t in_bytes = 0, room = len - sizeof *u;
+  if ((u->n > 0 && __builtin_mul_overflow(u->n, u->in_size, &in_bytes)) || u->n > UINT32_MAX ||
+      room < u->obj_len || room - u->obj_len < u->arg_size ||
+      room - u->obj_len - u->arg_size < in_bytes) {
+    send_error(w, u->id, -EPROTO, 0);
+    return NULL;
+  }
+  void *addr = resolve(w, (const char *)m + sizeof *u, u->obj_len, u->fn_off, name);
+  if (addr == NULL || !w->open) {
+    send_error(w, u->id, addr == NULL ? TDM_ENOTASK : -EPIPE, 0);
+    return NULL;
+  }
+  *arg = m + sizeof *u + u->obj_len;
+  return addr;
+}
+
 static void handle_task(struct worker *w, const unsigned char *m, size_t len) {
   struct tdm__cl_unit u;
-  if (len < sizeof u) return;
-  memcpy(&u, m, sizeof u);
-  const unsigned char *p = m + sizeof u;
-  if (len - sizeof u < (size_t)u.obj_len + u.arg_size) {
-    send_error(w, u.id, -EPROTO, 0);
-    return;
-  }
+  const unsigned char *arg;
   const char *name;
-  void *addr = resolve(w, (const char *)p, u.obj_len, u.fn_off, &name);
-  if (addr == NULL || !w->open) {
-    send_error(w, u.id, addr == NULL ? TDM_ENOTASK : -EPIPE, 0);
-    return;
-  }
+  void *addr = unit_open(w, m, len, &u, &arg, &name);
+  if (addr == NULL) return;
   tdm_task_fn fn;
   memcpy(&fn, &addr, sizeof fn);
-  const unsigned char *arg = p + u.obj_len;
   if (w->local != NULL) {
     struct done *d = calloc(1, sizeof *d);
     tdm_task_options to = { .timeout = u.timeout };
@@ -645,25 +654,18 @@ static void drain_local(struct worker *w) {
 
 static void handle_chunk(struct worker *w, const unsigned char *m, size_t len) {
   struct tdm__cl_unit u;
-  if (len < sizeof u) return;
-  memcpy(&u, m, sizeof u);
-  const unsigned char *p = m + sizeof u;
-  size_t in_bytes, out_bytes;
-  if (__builtin_mul_overflow(u.n, u.in_size, &in_bytes) ||
-      __builtin_mul_overflow(u.n, u.out_size, &out_bytes) ||
-      len - sizeof u < (size_t)u.obj_len + u.arg_size + in_bytes || u.n > UINT32_MAX) {
-    send_error(w, u.id, -EPROTO, 0);
-    return;
-  }
+  const unsigned char *marg;
   const char *name;
-  void *addr = resolve(w, (const char *)p, u.obj_len, u.fn_off, &name);
-  if (addr == NULL || !w->open) {
-    send_error(w, u.id, addr == NULL ? TDM_ENOTASK : -EPIPE, 0);
+  void *addr = unit_open(w, m, len, &u, &marg, &name);
+  if (addr == NULL) return;
+  size_t out_bytes;
+  if (__builtin_mul_overflow(u.n, u.out_size, &out_bytes) || out_bytes > TDM__CL_MAX_MSG) {
+    send_error(w, u.id, -EMSGSIZE, 0);
     return;
   }
   tdm_map_fn fn;
   memcpy(&fn, &addr, sizeof fn);
-  const unsigned char *marg = p + u.obj_len, *in = marg + u.arg_size;
+  const unsigned char *in = marg + u.arg_size;
   size_t n = (size_t)u.n;
   unsigned char *out = calloc(out_bytes > 0 ? out_bytes : 1, 1);
   int32_t *rcs = calloc(n > 0 ? n : 1, sizeof *rcs);
