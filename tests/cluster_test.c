@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "tandem.h"
@@ -1298,6 +1299,58 @@ static void case_stats(void) {
   CHECK_OK(tdm_pool_close(p));
 }
 
+/*
+ * Runs this program again as `--child RANK SIZE` (a program that a rank starts: it inherits
+ * mpirun's environment but is no rank of the job) and gives its exit status, or -1.
+ */
+static int run_child(int rank, int size) {
+  char r[16], n[16];
+  snprintf(r, sizeof r, "%d", rank);
+  snprintf(n, sizeof n, "%d", size);
+  pid_t pid = fork();
+  if (pid == 0) {
+    execl("/proc/self/exe", "cluster_test", "--child", r, n, (char *)NULL);
+    _exit(127);
+  }
+  int st;
+  if (pid < 0 || waitpid(pid, &st, 0) != pid) return -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* A task that runs a program as run_child() does, on its rank: the exit status. */
+static int task_run_child(tdm_task *t, const void *arg, size_t size) {
+  (void)t;
+  (void)arg;
+  (void)size;
+  return run_child(tdm_cluster_rank(), tdm_cluster_size());
+}
+
+/* `--child RANK SIZE`: not a rank, however its environment looks; it knows whose child it is. */
+static int child_main(int rank, int size) {
+  current_case = "child";
+  CHECK_RC(tdm_cluster_status(), TDM_ECLUSTER);
+  CHECK_EQ(tdm_cluster_rank(), rank);
+  CHECK_EQ(tdm_cluster_size(), size);
+  tdm_pool_options o = cluster_options();
+  tdm_pool *p;
+  CHECK_RC(tdm_pool_open(&p, &o), TDM_ECLUSTER);
+  return 0;
+}
+
+/* Programs started by rank 0 and by a worker rank are ordinary programs, not ranks. */
+static void case_child(void) {
+  CHECK_EQ(run_child(0, W + 1), 0);
+  tdm_pool_options o = cluster_options();
+  tdm_pool *p = open_pool(&o);
+  tdm_future *f = submit(p, task_run_child, NULL, 0);
+  CHECK_OK(tdm_future_wait(f, TDM_FOREVER));
+  tdm_task_error e;
+  tdm_future_error(f, &e);
+  CHECK_EQ(tdm_future_state_get(f), TDM_FUTURE_DONE); /* the child's status was 0 */
+  tdm_future_free(f);
+  CHECK_OK(tdm_pool_close(p));
+}
+
 static void case_workers(void) {
   unsigned asks[] = { 1, 2, 4094, 0 };
   for (size_t a = 0; a < sizeof asks / sizeof asks[0]; a++) {
@@ -1790,7 +1843,7 @@ static const struct tcase cases[] = {
   { "imap", case_imap },           { "wait", case_wait },         { "stats", case_stats },
   { "workers", case_workers },     { "init", case_init },         { "timeout", case_timeout },
   { "cancel", case_cancel },       { "shutdown", case_shutdown }, { "terminate", case_terminate },
-  { "hybrid", case_hybrid },
+  { "hybrid", case_hybrid },       { "child", case_child },
 };
 
 /* Where no cluster can open: not started by mpirun (--ranks 0), or a job of one rank. */
@@ -1817,6 +1870,7 @@ int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   int ranks = -1;
   int first = 1;
+  if (argc == 4 && strcmp(argv[1], "--child") == 0) return child_main(atoi(argv[2]), atoi(argv[3]));
   if (argc >= 3 && strcmp(argv[1], "--ranks") == 0) {
     ranks = atoi(argv[2]);
     first = 3;

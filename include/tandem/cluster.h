@@ -55,11 +55,13 @@ extern "C" {
 #endif
 
 /* This process's rank in the job (0 in main()), or -1 when the program was not started by
- * mpirun. */
+ * mpirun. A process that a rank started (a worker of a hybrid rank's pool, a program it ran)
+ * is no rank itself, and no cluster opens there, but it gets the rank of the one that started
+ * it. */
 TDM_API int tdm_cluster_rank(void);
 
-/* The number of ranks in the job (rank 0 and the worker ranks); 1 when not started by
- * mpirun. */
+/* The number of ranks in the job (rank 0 and the worker ranks); 1 when not started by mpirun
+ * (nor by a rank, as above). */
 TDM_API int tdm_cluster_size(void);
 
 /*

@@ -262,8 +262,10 @@ static int fingerprints_check(const struct fingerprint *all, int n) {
 
 /* ---- Public ---------------------------------------------------------------------------------- */
 
-/* A worker rank names itself in its environment, for the processes of its own pool that start
- * a fresh program (spawn, forkserver), where MPI is not started. */
+/* Every rank names itself in its environment ("rank/size"), which its child processes inherit:
+ * the processes of a hybrid rank's pool that start a fresh program (spawn, forkserver) learn
+ * their rank from it, and a program that a rank starts (a pool worker, system()) knows from it
+ * that mpirun did not start it, although it inherits mpirun's variables too. */
 #define RANK_ENV "TDM_CLUSTER_RANK"
 
 int tdm_cluster_rank(void) {
@@ -737,9 +739,6 @@ static _Noreturn void worker_exit(struct worker *w) {
 
 static _Noreturn void worker_main(void) {
   struct worker *w = &the_worker;
-  char self[32];
-  snprintf(self, sizeof self, "%d/%d", tdm__cl.rank, tdm__cl.size);
-  setenv(RANK_ENV, self, 1);
   pthread_mutex_init(&w->mu, NULL);
   fatal_handlers_install();
   struct tdm__cl_backoff idle = { 0, 0 };
@@ -787,7 +786,8 @@ static void rank0_exit(void) {
 }
 
 __attribute__((constructor)) static void cluster_init(void) {
-  if (getenv("OMPI_COMM_WORLD_SIZE") == NULL) return; /* not started by mpirun */
+  /* Not started by mpirun; or started by a rank (see RANK_ENV), whose job it is not part of. */
+  if (getenv("OMPI_COMM_WORLD_SIZE") == NULL || getenv(RANK_ENV) != NULL) return;
   const struct tdm__pool_spi *spi = tdm__pool_spi(TDM__POOL_SPI_VERSION);
   int provided = 0, initialized = 0;
   MPI_Initialized(&initialized);
@@ -798,6 +798,9 @@ __attribute__((constructor)) static void cluster_init(void) {
   MPI_Comm_rank(tdm__cl.comm, &tdm__cl.rank);
   MPI_Comm_size(tdm__cl.comm, &tdm__cl.size);
   tdm__cl.spi = spi;
+  char self[32];
+  snprintf(self, sizeof self, "%d/%d", tdm__cl.rank, tdm__cl.size);
+  setenv(RANK_ENV, self, 1);
 
   /* Every rank sends its fingerprint; rank 0 answers with the job's status. */
   struct fingerprint mine;
