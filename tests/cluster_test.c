@@ -1825,6 +1825,12 @@ static void case_hybrid(void) {
       CHECK(seconds_since(t0) >= 0.2);
       tdm_future_free(f);
       hybrid_common(p);
+      /* The ranks' own pools' losses reach the pool's statistics with their later answers
+       * (hybrid_common() gave every rank work after them): two deaths, three replacements. */
+      tdm_pool_stats st;
+      tdm_pool_stats_get(p, &st);
+      CHECK(st.workers_lost >= 2);
+      CHECK(st.workers_replaced >= 3);
     }
     CHECK_OK(tdm_pool_close(p));
   }

@@ -97,6 +97,8 @@ struct tdm__cl_result {
   uint64_t size;     /* TASK: result bytes that follow */
   uint64_t n_failed; /* CHUNK: struct tdm__cl_failure entries after the outputs */
   uint64_t wall_ns, cpu_ns;
+  /* A hybrid rank: its own pool's counts so far (rank 0 adds what is new to the pool's). */
+  uint64_t lost, replaced, retried;
 };
 
 /* A chunk's item whose outcome is not 0. */

@@ -74,6 +74,7 @@ struct crank { /* a worker rank */
   struct unit *u;     /* window entries */
   _Atomic unsigned n; /* in flight */
   _Atomic uint64_t tasks, busy_ns, cpu_ns;
+  uint64_t lost, replaced, retried; /* a hybrid rank's own pool's, as last reported */
 };
 
 struct cl {
@@ -405,6 +406,15 @@ static void handle(struct cl *c, int tag, int from, const unsigned char *msg, si
   atomic_fetch_add(&r->tasks, 1);
   atomic_fetch_add(&r->busy_ns, h.wall_ns);
   atomic_fetch_add(&r->cpu_ns, h.cpu_ns);
+  if (c->hybrid) { /* what the rank's own pool lost, replaced and retried since its last word */
+    if (h.lost > r->lost) atomic_fetch_add(&c->p->c.workers_lost, h.lost - r->lost);
+    if (h.replaced > r->replaced)
+      atomic_fetch_add(&c->p->c.workers_replaced, h.replaced - r->replaced);
+    if (h.retried > r->retried) atomic_fetch_add(&c->p->c.retried, h.retried - r->retried);
+    r->lost = h.lost > r->lost ? h.lost : r->lost;
+    r->replaced = h.replaced > r->replaced ? h.replaced : r->replaced;
+    r->retried = h.retried > r->retried ? h.retried : r->retried;
+  }
   atomic_fetch_add(&c->p->c.busy_ns, h.wall_ns);
   atomic_fetch_add(&c->p->c.cpu_ns, h.cpu_ns);
   if (u->f != NULL)

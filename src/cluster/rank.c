@@ -531,7 +531,15 @@ static void send_result(struct worker *w, const struct tdm__cl_result *r, const 
     return;
   }
   unsigned char *o = w->out;
-  memcpy(o, r, sizeof *r);
+  struct tdm__cl_result h = *r;
+  if (w->local != NULL) {
+    tdm_pool_stats st;
+    tdm_pool_stats_get(w->local, &st);
+    h.lost = st.workers_lost;
+    h.replaced = st.workers_replaced;
+    h.retried = st.retried;
+  }
+  memcpy(o, &h, sizeof h);
   if (na > 0) memcpy(o + sizeof *r, a, na);
   if (nb > 0) memcpy(o + sizeof *r + na, b, nb);
   send0(o, len, TDM__CL_RESULT);
