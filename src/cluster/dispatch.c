@@ -180,14 +180,13 @@ static struct unit *free_slot(struct crank *r, unsigned window) {
 }
 
 /* Sends a unit's message, built in a buffer the unit keeps until the send completes. */
-static int post(struct cl *c, struct crank *r, struct unit *u, int tag, void *msg, size_t len) {
+static int post(struct crank *r, struct unit *u, int tag, void *msg, size_t len) {
   u->buf = msg;
   if (MPI_Isend(msg, (int)len, MPI_BYTE, r->mpi_rank, tag, tdm__cl.comm, &u->req) != MPI_SUCCESS) {
     free(msg);
     u->buf = NULL;
     return -EIO;
   }
-  (void)c;
   atomic_fetch_add(&r->n, 1);
   return 0;
 }
@@ -216,7 +215,7 @@ static void send_task(struct cl *c, struct crank *r, struct unit *u, struct qnod
   void *msg = unit_msg(&h, q->obj, f->arg, f->size, NULL, 0, &len);
   *u = (struct unit){ .id = h.id, .f = f, .deadline = INT64_MAX };
   if (!c->hybrid && f->timeout != TDM_FOREVER) u->deadline = tdm_deadline_after(f->timeout).at;
-  int rc = msg == NULL ? -ENOMEM : post(c, r, u, TDM__CL_TASK, msg, len);
+  int rc = msg == NULL ? -ENOMEM : post(r, u, TDM__CL_TASK, msg, len);
   if (rc != 0) {
     S->future_finish(f, TDM_FUTURE_FAILED, rc, 0, NULL, 0);
     S->future_unref(f);
@@ -240,7 +239,7 @@ static void send_chunk(struct cl *c, struct crank *r, struct unit *u, struct map
       unit_msg(&h, j->obj, m->arg, m->arg_size, m->in_size > 0 ? m->in + lo * m->in_size : NULL,
                (hi - lo) * m->in_size, &len);
   *u = (struct unit){ .id = h.id, .job = j, .lo = lo, .hi = hi, .deadline = INT64_MAX };
-  int rc = msg == NULL ? -ENOMEM : post(c, r, u, TDM__CL_CHUNK, msg, len);
+  int rc = msg == NULL ? -ENOMEM : post(r, u, TDM__CL_CHUNK, msg, len);
   if (rc != 0) {
     /* The chunk's items fail with the error; the map goes on. */
     pthread_mutex_lock(&c->mu);
@@ -337,8 +336,8 @@ static void unit_release(struct crank *r, struct unit *u) {
   atomic_fetch_sub(&r->n, 1);
 }
 
-static void task_result(struct cl *c, const struct tdm__cl_result *h, const unsigned char *data,
-                        size_t len, struct unit *u) {
+static void task_result(const struct tdm__cl_result *h, const unsigned char *data, size_t len,
+                        struct unit *u) {
   struct tdm_future *f = u->f;
   if (h->flags & TDM__CL_RES_ERROR) {
     S->future_finish(f, TDM_FUTURE_FAILED, h->code, h->status, NULL, 0);
@@ -355,7 +354,6 @@ static void task_result(struct cl *c, const struct tdm__cl_result *h, const unsi
     else
       S->future_finish(f, TDM_FUTURE_DONE, 0, 0, res, (size_t)h->size);
   }
-  (void)c;
   S->future_unref(f);
 }
 
@@ -418,7 +416,7 @@ static void handle(struct cl *c, int tag, int from, const unsigned char *msg, si
   atomic_fetch_add(&c->p->c.busy_ns, h.wall_ns);
   atomic_fetch_add(&c->p->c.cpu_ns, h.cpu_ns);
   if (u->f != NULL)
-    task_result(c, &h, msg + sizeof h, len - sizeof h, u);
+    task_result(&h, msg + sizeof h, len - sizeof h, u);
   else
     chunk_result(c, &h, msg + sizeof h, len - sizeof h, u);
   unit_release(r, u);
@@ -711,8 +709,11 @@ static int cl_map(tdm_pool *p, struct tdm__map *m) {
   memcpy(&fn, &m->fn, sizeof fn);
   int r = S->fn_locate(fn, &j.obj, &j.off);
   if (r != 0) return r;
+  /* A chunk's message (its inputs, or its outputs and failures) stays under half the limit. */
+  if (m->arg_size > TDM__CL_MAX_MSG / 4 || m->in_size > TDM__CL_MAX_MSG / 4 ||
+      m->out_size > TDM__CL_MAX_MSG / 4)
+    return -EMSGSIZE;
   size_t per = m->in_size + m->out_size, room = (TDM__CL_MAX_MSG / 2 - m->arg_size) / (per + 8);
-  if (m->arg_size > TDM__CL_MAX_MSG / 4) return -EMSGSIZE;
   j.chunk = m->chunk;
   if (j.chunk == 0) {
     size_t by_bytes = AUTO_CHUNK_BYTES / (per > 0 ? per : 1);
