@@ -641,6 +641,10 @@ static void case_options(void) {
   CHECK_RC(tdm_pool_map(p, NULL, x, 8, y, 8, 4, NULL), -EINVAL);
   CHECK_RC(tdm_pool_map(p, item_square, NULL, 8, y, 8, 4, NULL), -EINVAL);
   CHECK_RC(tdm_pool_map(p, item_square, x, 8, NULL, 8, 4, NULL), -EINVAL);
+  /* Items over 256 MiB cannot travel: refused before anything is read (nor sent). */
+  CHECK_RC(tdm_pool_map(p, item_square, x, (size_t)300 << 20, y, 8, 1, NULL), -EMSGSIZE);
+  CHECK_RC(tdm_pool_map(p, item_square, x, 8, y, (size_t)300 << 20, 1, NULL), -EMSGSIZE);
+  CHECK_EQ(run_who(p).init_value, 0); /* the pool still works */
   CHECK_OK(tdm_pool_close(p));
   CHECK_OK(tdm_pool_close(NULL));
 }
