@@ -79,25 +79,18 @@ static int run_map(tdm_pool *p, int64_t iters, int64_t *elapsed, int64_t *ops) {
 static int sums(tdm_pool *p, size_t tasks, uint64_t count) {
   tdm_future **fs = calloc(tasks, sizeof *fs);
   if (fs == NULL) return failed("calloc", -ENOMEM);
-  size_t submitted = 0;
-  int r = 0;
-  for (; submitted < tasks; submitted++) {
-    r = tdm_pool_submit(p, bench_cpu_task, &count, sizeof count, NULL, &fs[submitted]);
-    if (r != 0) {
-      failed("tdm_pool_submit", r);
-      break;
+  uint64_t *got = calloc(tasks, sizeof *got);
+  const char *what = "calloc";
+  int r = got == NULL ? -ENOMEM
+                      : bench_submit_and_wait(p, bench_cpu_task, &count, sizeof count, tasks, fs,
+                                              got, &what);
+  for (size_t i = 0; r == 0 && i < tasks; i++)
+    if (got[i] != count * (count - 1) / 2) {
+      what = "a task's sum";
+      r = -EPROTO;
     }
-  }
-  for (size_t i = 0; i < submitted; i++) {
-    const void *data;
-    size_t len;
-    uint64_t s = 0;
-    int e = tdm_future_result(fs[i], TDM_FOREVER, &data, &len);
-    if (e == 0 && len == sizeof s) memcpy(&s, data, sizeof s);
-    if (e == 0 && s != count * (count - 1) / 2) e = -EPROTO;
-    if (e != 0 && r == 0) r = failed("a task's outcome", e);
-    tdm_future_free(fs[i]);
-  }
+  if (r != 0) failed(what, r);
+  free(got);
   free(fs);
   return r;
 }

@@ -328,20 +328,9 @@ static int run_cpu(const void *arg, int64_t iters, double *ns) {
     settle();
     int64_t t0 = tdm_clock_now();
     if (a->kind == PROCESSES) {
-      size_t submitted = 0;
-      while (submitted < tasks && r == 0) {
-        r = failed("tdm_pool_submit",
-                   tdm_pool_submit(p, bench_cpu_task, &count, sizeof count, NULL, &fs[submitted]));
-        if (r == 0) submitted++;
-      }
-      for (size_t i = 0; i < submitted; i++) {
-        const void *data;
-        size_t len;
-        int e = tdm_future_result(fs[i], TDM_FOREVER, &data, &len);
-        if (e == 0 && len == sizeof sums[i]) memcpy(&sums[i], data, sizeof sums[i]);
-        if (e != 0 && r == 0) r = failed("a task's outcome (tdm_future_result)", e);
-        tdm_future_free(fs[i]);
-      }
+      const char *what = "";
+      r = bench_submit_and_wait(p, bench_cpu_task, &count, sizeof count, tasks, fs, sums, &what);
+      failed(what, r);
     } else {
       for (size_t i = 0; i < tasks; i++)
         sums[i] = bench_sum_to(count);

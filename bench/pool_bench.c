@@ -215,33 +215,12 @@ static int run_map(const void *arg, int64_t iters, double *ns) {
 
 /* ---- CPU-bound tasks ------------------------------------------------------------------------ */
 
-/* Submits `tasks` tasks of fn(arg) and reads each outcome in order (its result into
- * results[i] when `results`); frees every future. Returns 0 or the first failure. */
+/* bench_submit_and_wait(), saying on stderr what failed. */
 static int submit_and_wait(tdm_pool *p, tdm_task_fn fn, const void *arg, size_t size, size_t tasks,
                            tdm_future **fs, uint64_t *results) {
-  size_t submitted = 0;
-  int r = 0;
-  for (; submitted < tasks; submitted++) {
-    r = tdm_pool_submit(p, fn, arg, size, NULL, &fs[submitted]);
-    if (r != 0) {
-      failed("tdm_pool_submit", r);
-      break;
-    }
-  }
-  for (size_t i = 0; i < submitted; i++) {
-    const void *data;
-    size_t len;
-    int e = tdm_future_result(fs[i], TDM_FOREVER, &data, &len);
-    if (e == 0 && results != NULL) {
-      if (len == sizeof *results)
-        memcpy(&results[i], data, sizeof *results);
-      else
-        e = -EPROTO;
-    }
-    if (e != 0 && r == 0) r = failed("a task's outcome (tdm_future_result)", e);
-    tdm_future_free(fs[i]);
-  }
-  return r;
+  const char *what = "";
+  int r = bench_submit_and_wait(p, fn, arg, size, tasks, fs, results, &what);
+  return r != 0 ? failed(what, r) : 0;
 }
 
 static int run_cpu(const void *arg, int64_t iters, double *ns) {

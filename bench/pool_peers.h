@@ -34,6 +34,12 @@ uint64_t bench_sum_to(uint64_t n);
 int bench_map_item_fn(const void *in, void *out, const void *arg);
 int bench_cpu_task(tdm_task *task, const void *arg, size_t size);
 
+/* Submits `tasks` tasks of fn(arg) into fs[] and reads each outcome in order (a uint64 result
+ * into results[i] when `results`); frees every future. Returns 0, or the first failure with
+ * *what naming the call that failed. */
+int bench_submit_and_wait(tdm_pool *p, tdm_task_fn fn, const void *arg, size_t size, size_t tasks,
+                          tdm_future **fs, uint64_t *results, const char **what);
+
 /* The map workload's arrays: in[i] = i and room for the outputs, n items each, made once (0
  * when *in is already set, or -ENOMEM), and freed. */
 int bench_map_arrays(size_t n, int64_t **in, int64_t **out);

@@ -51,3 +51,32 @@ void bench_map_arrays_free(int64_t **in, int64_t **out) {
   free(*out);
   *in = *out = NULL;
 }
+
+int bench_submit_and_wait(tdm_pool *p, tdm_task_fn fn, const void *arg, size_t size, size_t tasks,
+                          tdm_future **fs, uint64_t *results, const char **what) {
+  size_t submitted = 0;
+  int r = 0;
+  for (; submitted < tasks; submitted++) {
+    if ((r = tdm_pool_submit(p, fn, arg, size, NULL, &fs[submitted])) != 0) {
+      *what = "tdm_pool_submit";
+      break;
+    }
+  }
+  for (size_t i = 0; i < submitted; i++) {
+    const void *data;
+    size_t len;
+    int e = tdm_future_result(fs[i], TDM_FOREVER, &data, &len);
+    if (e == 0 && results != NULL) {
+      if (len == sizeof *results)
+        memcpy(&results[i], data, sizeof *results);
+      else
+        e = -EPROTO;
+    }
+    if (e != 0 && r == 0) {
+      r = e;
+      *what = "a task's outcome (tdm_future_result)";
+    }
+    tdm_future_free(fs[i]);
+  }
+  return r;
+}

@@ -570,7 +570,7 @@ static void case_info(void) {
   tdm_pool *p = open_pool(NULL);
   CHECK_EQ(tdm_pool_backend_get(p), TDM_POOL_CLUSTER);
   unsigned target = 0;
-  tdm_pool_cpu_bound(p, &target);
+  CHECK(!tdm_pool_cpu_bound(p, &target)); /* nothing measured yet */
   CHECK_EQ(target, W);
   tdm_pool_stats s;
   tdm_pool_stats_get(p, &s);
@@ -1579,18 +1579,23 @@ static void case_cancel(void) {
   CHECK_OK(tdm_pool_close(p));
 }
 
+/* Submits n gated tasks on board slots first..first+n-1 into fs[], and waits until every rank
+ * runs one of them (a rank runs one at a time; the others wait behind the gates). */
+static void submit_gated(tdm_pool *p, struct board *b, int first, int n, tdm_future **fs) {
+  CHECK(first + n < SLOTS);
+  for (int i = 0; i < n; i++) {
+    struct job j = job(b, first + i, 0);
+    fs[i] = submit(p, task_gated, &j, sizeof j);
+  }
+  WAIT_UNTIL(started_total(b, first + n) - started_total(b, first) == W);
+}
+
 static void case_shutdown(void) {
   struct board *b = board_new();
   tdm_pool *p = open_pool(NULL);
   int n = 3 * W + 20;
-  CHECK(n < SLOTS);
   tdm_future *fs[SLOTS];
-  for (int i = 0; i < n; i++) {
-    struct job j = job(b, i, 0);
-    fs[i] = submit(p, task_gated, &j, sizeof j);
-  }
-  /* Each rank runs one at a time: wait until every rank has started one. */
-  WAIT_UNTIL(started_total(b, n) == W);
+  submit_gated(p, b, 0, n, fs);
   CHECK_OK(tdm_pool_shutdown(p, false, true));
   int cancelled = 0;
   for (int i = 0; i < n; i++)
@@ -1674,13 +1679,8 @@ static void case_terminate(void) {
   struct board *b = board_new();
   tdm_pool *p = open_pool(NULL);
   int n = 3 * W + 10;
-  CHECK(n < SLOTS);
   tdm_future *fs[SLOTS];
-  for (int i = 0; i < n; i++) {
-    struct job j = job(b, i, 0);
-    fs[i] = submit(p, task_gated, &j, sizeof j);
-  }
-  WAIT_UNTIL(started_total(b, n) == W);
+  submit_gated(p, b, 0, n, fs);
   struct opener o = { b, fs, n };
   pthread_t th;
   CHECK_OK(pthread_create(&th, NULL, open_gates_when_ended, &o));
@@ -1698,12 +1698,7 @@ static void case_terminate(void) {
   /* tdm_pool_interrupt() (async-signal-safe) terminates the pool without waiting. */
   p = open_pool(NULL);
   atomic_store(&b->gate_all, 0);
-  CHECK(100 + n < SLOTS);
-  for (int i = 0; i < n; i++) {
-    struct job j = job(b, 100 + i, 0);
-    fs[i] = submit(p, task_gated, &j, sizeof j);
-  }
-  WAIT_UNTIL(started_total(b, 100 + n) - started_total(b, 100) == W);
+  submit_gated(p, b, 100, n, fs);
   CHECK_OK(pthread_create(&th, NULL, open_gates_when_ended, &o));
   CHECK_OK(tdm_pool_interrupt(p));
   CHECK_OK(pthread_join(th, NULL));

@@ -835,7 +835,7 @@ TEST(null_options_open_a_thread_pool) {
   /* Its workers, and one supervisor thread at most. */
   CHECK(pool_threads() >= (int)want && pool_threads() <= (int)want + 1);
   unsigned target = 0;
-  tdm_pool_cpu_bound(p, &target);
+  CHECK(!tdm_pool_cpu_bound(p, &target)); /* nothing measured yet */
   CHECK_EQ(target, want);
   tdm_future *f = submit(p, t_square, job(0, 12));
   CHECK_EQ(result_i64(f), 144);

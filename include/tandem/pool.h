@@ -4,8 +4,9 @@
  * is one option.
  *
  * A pool runs tasks on its workers: threads of the calling process (TDM_POOL_THREADS),
- * processes (TDM_POOL_PROCESSES, under any start method), or threads sized to the work
- * (TDM_POOL_AUTO). tdm_pool_submit() runs one function on one argument and returns a future
+ * processes (TDM_POOL_PROCESSES, under any start method), threads sized to the work
+ * (TDM_POOL_AUTO), or the ranks of an MPI job (TDM_POOL_CLUSTER, in libtandem-mpi: see
+ * tandem/cluster.h). tdm_pool_submit() runs one function on one argument and returns a future
  * (future.h); tdm_pool_map() runs a function over an array of fixed-size items into an ordered
  * output array; tdm_pool_imap() yields results while later items still run, with a bounded
  * window, from an array or from a source callback of any length.
@@ -330,7 +331,8 @@ TDM_API const char *tdm_pool_backend_name(tdm_pool_backend b);
  * TDM_POOL_AUTO: what the pool has measured: true when its recent tasks spent most of their
  * time on the CPU (cpu_ns / busy_ns at least one half), false when they mostly waited.
  * *target (if not NULL) receives the number of workers the pool aims for. Other backends:
- * the same measure, with *target their fixed size.
+ * the same measure over every task they ran (false before any), with *target their fixed
+ * size.
  */
 TDM_API bool tdm_pool_cpu_bound(tdm_pool *p, unsigned *target);
 

@@ -137,7 +137,8 @@ void tdm__cl_idle(struct tdm__cl_backoff *b);
 
 /* Receives the next message from `source` (MPI_ANY_SOURCE for any) into *buf (grown with
  * realloc as needed, *cap its size), waiting with tdm__cl_idle().
- * Gives the tag and source. 0, or -EIO when MPI fails. */
+ * Gives the tag and source. 0, or -EIO when MPI fails. A message too large to allocate room for
+ * ends the job (MPI_Abort, after a line on stderr): a matched message cannot be left. */
 int tdm__cl_recv(int source, void **buf, size_t *cap, int *len, int *tag, int *from);
 
 /* Polls once: like tdm__cl_recv() but returns -EAGAIN at once when nothing is there. */

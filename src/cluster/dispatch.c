@@ -797,12 +797,6 @@ static size_t cl_worker_stats(tdm_pool *p, tdm_pool_worker_stats *out, size_t ca
   return c->nr;
 }
 
-static bool cl_cpu_bound(tdm_pool *p, unsigned *target) {
-  if (target != NULL) *target = p->opt.workers;
-  uint64_t busy = atomic_load(&p->c.busy_ns), cpu = atomic_load(&p->c.cpu_ns);
-  return busy > 0 && 2 * cpu >= busy;
-}
-
 static void cl_close(tdm_pool *p) {
   struct cl *c = cl_of(p);
   if (c == NULL) return;
@@ -834,6 +828,5 @@ const struct tdm__backend tdm__backend_cluster = {
   .terminate = cl_terminate,
   .interrupt = cl_interrupt,
   .worker_stats = cl_worker_stats,
-  .cpu_bound = cl_cpu_bound,
   .close = cl_close,
 };

@@ -328,6 +328,13 @@ size_t tdm_pool_worker_stats_get(tdm_pool *p, tdm_pool_worker_stats *out, size_t
   return p->be->worker_stats(p, out, out != NULL ? cap : 0);
 }
 
+bool tdm__pool_fixed_cpu_bound(tdm_pool *p, unsigned *target) {
+  if (target != NULL) *target = p->opt.workers;
+  uint64_t busy = atomic_load(&p->c.busy_ns), cpu = atomic_load(&p->c.cpu_ns);
+  return busy > 0 && 2 * cpu >= busy;
+}
+
 bool tdm_pool_cpu_bound(tdm_pool *p, unsigned *target) {
-  return p->be->cpu_bound(p, target);
+  return p->be->cpu_bound != NULL ? p->be->cpu_bound(p, target)
+                                  : tdm__pool_fixed_cpu_bound(p, target);
 }

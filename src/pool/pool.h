@@ -177,7 +177,8 @@ struct tdm__backend {
   bool (*run_inline)(tdm_pool *p, struct tdm_future *f);
   /* Fills up to cap entries; returns the number of workers. */
   size_t (*worker_stats)(tdm_pool *p, tdm_pool_worker_stats *out, size_t cap);
-  /* The auto measure (tdm_pool_cpu_bound()). */
+  /* The auto measure (tdm_pool_cpu_bound()). NULL for a pool of fixed size: the front end's
+   * tdm__pool_fixed_cpu_bound(). */
   bool (*cpu_bound)(tdm_pool *p, unsigned *target);
   /* Frees the backend's state, after shutdown(wait) or terminate. */
   void (*close)(tdm_pool *p);
@@ -232,6 +233,10 @@ int tdm__map_check(tdm_map_fn fn, const void *in, size_t in_size, size_t n,
  * initializer's return value; first one wins). tdm__pool_broken_status() gives that status. */
 void tdm__pool_break(tdm_pool *p, int code, int status);
 int tdm__pool_broken_status(tdm_pool *p);
+
+/* tdm_pool_cpu_bound() of a pool of fixed size: its workers' count, and whether the tasks it ran
+ * spent at least half their wall time on the CPU (false before any has run). */
+bool tdm__pool_fixed_cpu_bound(tdm_pool *p, unsigned *target);
 
 /* The time (ns) CLOCK_THREAD_CPUTIME_ID of the calling thread. */
 int64_t tdm__thread_cpu_ns(void);

@@ -2109,12 +2109,6 @@ static size_t procs_worker_stats(tdm_pool *p, tdm_pool_worker_stats *out, size_t
   return n;
 }
 
-static bool procs_cpu_bound(tdm_pool *p, unsigned *target) {
-  if (target != NULL) *target = p->opt.workers;
-  uint64_t busy = atomic_load(&p->c.busy_ns), cpu = atomic_load(&p->c.cpu_ns);
-  return busy > 0 && 2 * cpu >= busy;
-}
-
 static void procs_close(tdm_pool *p) {
   struct procs *ps = state_of(p);
   if (ps == NULL) return;
@@ -2134,6 +2128,5 @@ const struct tdm__backend tdm__backend_processes = {
   .terminate = procs_terminate,
   .interrupt = procs_interrupt,
   .worker_stats = procs_worker_stats,
-  .cpu_bound = procs_cpu_bound,
   .close = procs_close,
 };

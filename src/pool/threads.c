@@ -1131,9 +1131,7 @@ static bool cpu_bound(tdm_pool *p, unsigned *target) {
     if (target != NULL) *target = atomic_load(&t->target);
     return atomic_load(&t->util_ppm) >= 500000;
   }
-  if (target != NULL) *target = t->cap;
-  uint64_t busy = atomic_load(&p->c.busy_ns), cpu = atomic_load(&p->c.cpu_ns);
-  return busy == 0 || cpu * 2 >= busy;
+  return tdm__pool_fixed_cpu_bound(p, target);
 }
 
 static void close_(tdm_pool *p) {
